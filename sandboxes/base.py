@@ -1,0 +1,126 @@
+"""The one interface every sandbox backend implements.
+
+A sandbox holds a copy of a target tree in a workspace, runs commands in it under limits,
+and gives back a diff of what changed. A command's failure (non-zero exit, timeout, a limit
+hit) is an `ExecResult`, not an exception; only broken infrastructure raises.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+LimitName = Literal["timeout", "memory", "pids", "output", "disk", "network"]
+
+WORKSPACE = "/workspace"
+"""Where the target tree lives inside every backend, as the commands see it."""
+
+
+class ExecResult(BaseModel):
+    """What one command in a sandbox did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+    timed_out: bool = False
+    truncated: bool = False
+    limits_hit: tuple[LimitName, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0 and hit no limit."""
+        return self.exit_code == 0 and not self.timed_out and not self.limits_hit
+
+    def summary(self, max_chars: int = 4000) -> str:
+        """A short text for prompts and evidence: exit code, limits, tail of the output."""
+        out = (self.stdout + ("\n" + self.stderr if self.stderr else "")).strip()
+        if len(out) > max_chars:
+            out = "[...]\n" + out[-max_chars:]
+        limits = f" limits_hit={list(self.limits_hit)}" if self.limits_hit else ""
+        return f"exit_code={self.exit_code}{limits}\n{out}"
+
+
+class Mount(BaseModel):
+    """A host path made visible inside the sandbox; read-only unless said otherwise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Path
+    target: str
+    read_only: bool = True
+
+
+class Sandbox(abc.ABC):
+    """A started, isolated workspace. Use as a context manager so `stop` always runs."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Create the isolated environment; idempotent."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Destroy the environment and everything in it; idempotent."""
+
+    @abc.abstractmethod
+    def exec(
+        self,
+        command: list[str] | str,
+        *,
+        timeout_s: float = 60.0,
+        cwd: str = WORKSPACE,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult:
+        """Run a command (argv list, or a string for `sh -c`) under the sandbox's limits."""
+
+    @abc.abstractmethod
+    def read_file(self, path: str) -> str:
+        """Read a text file; relative paths are relative to the workspace."""
+
+    @abc.abstractmethod
+    def write_file(self, path: str, content: str) -> None:
+        """Write a text file, creating parent folders; relative to the workspace."""
+
+    @abc.abstractmethod
+    def list_files(self, path: str = ".") -> list[str]:
+        """Files under a workspace folder, relative to the workspace, sorted."""
+
+    @abc.abstractmethod
+    def copy_in(self, source: Path) -> None:
+        """Copy a host tree into the workspace and record it as the baseline for `diff`."""
+
+    @abc.abstractmethod
+    def copy_out(self, path: str, dest: Path) -> None:
+        """Copy a workspace file or folder out to a host path."""
+
+    @abc.abstractmethod
+    def diff(self) -> str:
+        """Unified diff (git format, binary-safe) of the workspace against the baseline."""
+
+    def apply_diff(self, patch: str) -> ExecResult:
+        """Apply a unified diff to the workspace; a bad patch is a failed result."""
+        self.write_file(".upgate-patch.diff", patch)
+        result = self.exec(
+            ["sh", "-c", "git apply --whitespace=nowarn .upgate-patch.diff; "
+             "rc=$?; rm -f .upgate-patch.diff; exit $rc"],
+            timeout_s=30,
+        )
+        return result
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
