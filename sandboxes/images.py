@@ -1,0 +1,230 @@
+"""Sandbox images: content-hashed tags, built only when missing, with no network at build.
+
+The host prepares a wheelhouse with `pip download` (the host's pip can reach the package
+index; a build container cannot be relied on to) under `.cache/wheelhouse/`, and the
+Dockerfile installs from it with `--no-index`.
+
+    python -m upgate.sandboxes.images build [--kind sandbox|train] [--base-image IMAGE]
+
+Builds run with no network (UPGATE_BUILD_NETWORK=default for a public base image that
+must apt-get git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from upgate.errors import SandboxError, SandboxUnavailableError
+
+logger = logging.getLogger(__name__)
+
+ImageKind = Literal["sandbox", "train"]
+
+IMAGES_DIR = Path(__file__).resolve().parent / "images"
+DEFAULT_BASE_IMAGE = "upgate-sandbox-base:bookworm"
+REPOSITORIES: dict[str, str] = {"sandbox": "upgate-sandbox", "train": "upgate-train"}
+SANDBOX_REQUIREMENTS = "pytest==9.2.0\n"
+TRAIN_REQUIREMENTS_FILE = IMAGES_DIR / "train-requirements.txt"
+
+
+def cache_dir() -> Path:
+    """Where wheelhouses live: $UPGATE_CACHE_DIR, else the repo's .cache/, else ~/.cache/upgate."""
+    if env := os.environ.get("UPGATE_CACHE_DIR"):
+        return Path(env)
+    repo_root = IMAGES_DIR.parent.parent
+    if (repo_root / "pyproject.toml").is_file():
+        return repo_root / ".cache"
+    return Path.home() / ".cache" / "upgate"
+
+
+def requirements(kind: ImageKind) -> str:
+    """The pinned requirement lines installed into the image's venv."""
+    if kind == "sandbox":
+        return SANDBOX_REQUIREMENTS
+    if not TRAIN_REQUIREMENTS_FILE.is_file():
+        raise SandboxError(
+            f"{TRAIN_REQUIREMENTS_FILE.name} is missing next to the Dockerfiles; "
+            "it lists the pinned packages of the train image"
+        )
+    return TRAIN_REQUIREMENTS_FILE.read_text(encoding="utf-8")
+
+
+def dockerfile(kind: ImageKind) -> Path:
+    """The Dockerfile of an image kind."""
+    return IMAGES_DIR / f"{kind}.Dockerfile"
+
+
+def content_hash(kind: ImageKind, base_image: str = DEFAULT_BASE_IMAGE) -> str:
+    """sha256 of everything the image is built from (Dockerfile, requirements, parent)[:12]."""
+    digest = hashlib.sha256()
+    digest.update(dockerfile(kind).read_bytes())
+    digest.update(b"\0" + requirements(kind).encode())
+    parent = base_image if kind == "sandbox" else image_tag("sandbox", base_image)
+    digest.update(b"\0" + parent.encode())
+    return digest.hexdigest()[:12]
+
+
+def image_tag(kind: ImageKind, base_image: str = DEFAULT_BASE_IMAGE) -> str:
+    """The content-hashed tag of an image kind, e.g. upgate-sandbox:0123456789ab."""
+    return f"{REPOSITORIES[kind]}:{content_hash(kind, base_image)}"
+
+
+def _image_exists(client: Any, tag: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(tag)
+    except ImageNotFound:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One build at a time across processes (parallel test workers share the cache)."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "image-build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_image(
+    kind: ImageKind = "sandbox",
+    client: Any = None,
+    *,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    force: bool = False,
+) -> str:
+    """The image's hashed tag, building it (and its parent) only when the tag is missing."""
+    if client is None:
+        from upgate.sandboxes.docker import docker_client
+
+        client = docker_client()
+    tag = image_tag(kind, base_image)
+    if not force and _image_exists(client, tag):
+        return tag
+    with _build_lock():
+        if not force and _image_exists(client, tag):
+            return tag
+        build_args: dict[str, str]
+        if kind == "sandbox":
+            if not _image_exists(client, base_image):
+                raise SandboxUnavailableError(
+                    f"base image {base_image} is missing; build it with "
+                    "scripts/build_base_image.sh (no registry needed), or pass "
+                    "--base-image python:3.11-slim-bookworm where a registry is reachable"
+                )
+            build_args = {"BASE_IMAGE": base_image}
+        else:
+            build_args = {"SANDBOX_IMAGE": ensure_image("sandbox", client, base_image=base_image)}
+        _build(client, kind, tag, build_args, base_image)
+    return tag
+
+
+def prepare_wheelhouse(kind: ImageKind, base_image: str = DEFAULT_BASE_IMAGE) -> Path:
+    """Download the image's wheels (with dependencies) on the host; reused when complete."""
+    folder = cache_dir() / "wheelhouse" / f"{kind}-{content_hash(kind, base_image)}"
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    req = folder / "requirements.txt"
+    req.write_text(requirements(kind), encoding="utf-8")
+    logger.info("downloading wheels for the %s image into %s", kind, folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+         "--only-binary=:all:", "-d", str(folder), "-r", str(req)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SandboxError(
+            f"pip download for the {kind} image failed (is the package index reachable "
+            f"from this host?):\n{proc.stderr[-3000:]}"
+        )
+    done.write_text("ok\n")
+    return folder
+
+
+def _build(
+    client: Any, kind: ImageKind, tag: str, build_args: dict[str, str], base_image: str
+) -> None:
+    wheels = prepare_wheelhouse(kind, base_image)
+    repo = REPOSITORIES[kind]
+    with tempfile.TemporaryDirectory(prefix="upgate-build-") as tmp:
+        context = Path(tmp)
+        shutil.copy(dockerfile(kind), context / "Dockerfile")
+        (context / "requirements.txt").write_text(requirements(kind), encoding="utf-8")
+        (context / "wheels").mkdir()
+        for wheel in wheels.glob("*.whl"):
+            _link_or_copy(wheel, context / "wheels" / wheel.name)
+        logger.info("building %s (this takes a while the first time)", tag)
+        log: list[str] = []
+        for event in client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=build_args,
+            rm=True,
+            forcerm=True,
+            decode=True,
+            labels={"upgate.image": kind},
+            # Nothing is fetched at build time; a public base lacking git needs "default".
+            network_mode=os.environ.get("UPGATE_BUILD_NETWORK", "none"),
+        ):
+            if "stream" in event:
+                log.append(str(event["stream"]))
+            if "error" in event:
+                tail = "".join(log)[-3000:]
+                raise SandboxError(f"building {tag} failed: {event['error']}\n{tail}")
+    client.images.get(tag).tag(repo, "latest")
+    logger.info("built %s (also tagged %s:latest)", tag, repo)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build an image kind if its hashed tag is missing; print the tag."""
+    parser = argparse.ArgumentParser(prog="python -m upgate.sandboxes.images")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the image if its content-hashed tag is missing")
+    build.add_argument("--kind", choices=["sandbox", "train"], default="sandbox")
+    build.add_argument("--base-image", default=DEFAULT_BASE_IMAGE)
+    build.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
+    sub.add_parser("tag", help="print the content-hashed tags without building")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "tag":
+        for kind in ("sandbox", "train"):
+            try:
+                print(image_tag(kind))
+            except SandboxError as exc:
+                print(f"{kind}: {exc}", file=sys.stderr)
+        return 0
+    print(ensure_image(args.kind, base_image=args.base_image, force=args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

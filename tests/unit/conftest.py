@@ -1,0 +1,16 @@
+"""The unit tier: scripted models only; real model requests are forbidden."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from upgate.agents import models
+
+
+@pytest.fixture(autouse=True)
+def _forbid_model_requests() -> Iterator[None]:
+    models.ALLOW_MODEL_REQUESTS = False
+    yield
+    models.ALLOW_MODEL_REQUESTS = True

@@ -1,0 +1,79 @@
+"""Wiring: build the run-scoped dependencies from settings, once, at the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from langchain_core.language_models import BaseChatModel
+
+from upgate.agents.models import chat_model
+from upgate.approvals import secret_key
+from upgate.config import Settings, load_manifest
+from upgate.deploy.vllm import VllmAdmin
+from upgate.errors import ConfigError
+from upgate.evals.harness import ChatChoiceHarness
+from upgate.evals.suite import load_suite
+from upgate.graphs.deps import Deps
+from upgate.ledger import open_ledger
+from upgate.policy import load_policy
+from upgate.sandboxes.base import Mount, Sandbox
+from upgate.sandboxes.config import DockerSandboxConfig, get_sandbox
+from upgate.store import Store
+
+
+def train_config(settings: Settings) -> DockerSandboxConfig | object:
+    """The sandbox config for training jobs: the training image, more memory and cores."""
+    cfg = settings.sandbox
+    if isinstance(cfg, DockerSandboxConfig):
+        return cfg.model_copy(update={"image_kind": "train", "image": None, "memory": "6g",
+                                      "cpus": 2.0, "tmp_size": "1g",
+                                      "workspace_size": "1g"})
+    return cfg
+
+
+def build_deps(
+    settings: Settings,
+    *,
+    models: dict[str, BaseChatModel] | None = None,
+    harness: ChatChoiceHarness | None = None,
+    admin: VllmAdmin | None = None,
+) -> Deps:
+    """Everything a cycle needs; tests pass scripted models and a scripted harness."""
+    if not (settings.target.path / ".git").exists():
+        raise ConfigError(
+            f"target.path {settings.target.path} is not a git repository; point it at the "
+            "target's repository (upgate deploys changes there as new branches)"
+        )
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    models = models or {
+        name: chat_model(getattr(settings.agents, name))
+        for name in ("proposer", "coder", "critic")
+    }
+    sandbox_cfg = settings.sandbox
+    train_cfg = train_config(settings)
+
+    def sandbox(mounts: list[Mount]) -> Sandbox:
+        return get_sandbox(sandbox_cfg, mounts)
+
+    def train_sandbox(mounts: list[Mount]) -> Sandbox:
+        return get_sandbox(train_cfg, mounts)  # type: ignore[arg-type]
+
+    manifest = load_manifest(settings.target.path)
+    if admin is None and manifest.model_alias:
+        admin = VllmAdmin(settings.serving.base_url)
+    return Deps(
+        settings=settings,
+        policy=load_policy(settings.policy),
+        ledger=open_ledger(settings.state_dir),
+        store=Store(settings.state_dir / "state.sqlite"),
+        manifest=manifest,
+        suite=load_suite(Path(settings.target.suite)),
+        proposer=models["proposer"],
+        coder=models["coder"],
+        critic=models["critic"],
+        sandbox=sandbox,
+        train_sandbox=train_sandbox,
+        harness=harness or ChatChoiceHarness(),
+        admin=admin,
+        secret=secret_key(settings.state_dir),
+    )

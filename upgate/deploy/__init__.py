@@ -1,0 +1,1 @@
+"""Deploy targets: where an approved candidate goes, each idempotent by deployment id."""

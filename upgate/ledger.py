@@ -1,0 +1,225 @@
+"""The ledger: an append-only, hash-chained record of every decision, in SQLite.
+
+Each entry's hash covers its own fields and the previous entry's hash, so editing,
+dropping or reordering any entry breaks the chain. The chain head is also written to a
+file beside the database, so dropping the newest entries is caught too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from upgate.errors import LedgerError
+from upgate.hashing import canonical_json, sha256_text
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    cycle_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    event TEXT NOT NULL,
+    key TEXT UNIQUE,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_cycle ON ledger(cycle_id);
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+"""
+
+
+class Entry(BaseModel):
+    """One ledger record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    at: str
+    cycle_id: str
+    node: str
+    event: str
+    key: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class VerifyReport(BaseModel):
+    """What `Ledger.verify` found."""
+
+    ok: bool
+    entries: int
+    problems: list[str]
+
+
+def entry_hash(
+    seq: int, at: str, cycle_id: str, node: str, event: str, key: str | None,
+    payload_json: str, prev_hash: str,
+) -> str:
+    """The hash of one entry, chained to the previous one."""
+    body = canonical_json([seq, at, cycle_id, node, event, key, payload_json, prev_hash])
+    return sha256_text(body)
+
+
+class Ledger:
+    """Append-only, hash-chained decision log in a SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.head_path = path.with_suffix(path.suffix + ".head")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def append(
+        self,
+        cycle_id: str,
+        node: str,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        key: str | None = None,
+    ) -> Entry:
+        """Append one entry; with a `key`, a second append of the same key returns the first.
+
+        Keys make node records idempotent: a node that runs again after a crash records once.
+        """
+        payload_json = canonical_json(payload)
+        with self._tx() as db:
+            if key is not None:
+                row = db.execute("SELECT * FROM ledger WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    return _row_to_entry(row)
+            last = db.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            at = datetime.now(UTC).isoformat()
+            digest = entry_hash(seq, at, cycle_id, node, event, key, payload_json, prev)
+            db.execute(
+                "INSERT INTO ledger (seq, at, cycle_id, node, event, key, payload, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, at, cycle_id, node, event, key, payload_json, prev, digest),
+            )
+            self._write_head(seq, digest)
+        log.debug("ledger %s %s/%s seq=%d", cycle_id, node, event, seq)
+        return Entry(
+            seq=seq, at=at, cycle_id=cycle_id, node=node, event=event, key=key,
+            payload=json.loads(payload_json), prev_hash=prev, hash=digest,
+        )
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        tmp = self.head_path.with_suffix(".tmp")
+        tmp.write_text(f"{seq} {digest}\n")
+        tmp.replace(self.head_path)
+
+    def entries(self, cycle_id: str | None = None) -> list[Entry]:
+        """All entries in order, or those of one cycle."""
+        if cycle_id is None:
+            rows = self._db.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM ledger WHERE cycle_id = ? ORDER BY seq", (cycle_id,)
+            ).fetchall()
+        return [_row_to_entry(r) for r in rows]
+
+    def find(self, key: str) -> Entry | None:
+        """The entry recorded under an idempotency key, if any."""
+        row = self._db.execute("SELECT * FROM ledger WHERE key = ?", (key,)).fetchone()
+        return _row_to_entry(row) if row else None
+
+    def cycles(self) -> list[str]:
+        """Cycle ids in the order they first appear."""
+        rows = self._db.execute(
+            "SELECT cycle_id, MIN(seq) AS first FROM ledger GROUP BY cycle_id ORDER BY first"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain; report every edited, dropped or reordered entry."""
+        problems: list[str] = []
+        rows = self._db.execute(
+            "SELECT seq, at, cycle_id, node, event, key, payload, prev_hash, hash"
+            " FROM ledger ORDER BY seq"
+        ).fetchall()
+        prev = GENESIS
+        expected_seq = 1
+        for seq, at, cycle_id, node, event, key, payload, prev_hash, digest in rows:
+            if seq != expected_seq:
+                problems.append(f"entry {expected_seq} is missing (next is {seq})")
+            if prev_hash != prev:
+                problems.append(f"entry {seq} does not follow the entry before it (chain broken)")
+            recomputed = entry_hash(seq, at, cycle_id, node, event, key, payload, prev_hash)
+            if recomputed != digest:
+                problems.append(f"entry {seq} was edited (its hash does not match its content)")
+            prev = digest
+            expected_seq = seq + 1
+        if self.head_path.exists():
+            head_seq_s, _, head_hash = self.head_path.read_text().strip().partition(" ")
+            head_seq = int(head_seq_s)
+            last_seq = rows[-1][0] if rows else 0
+            if head_seq > last_seq:
+                problems.append(
+                    f"entries {last_seq + 1}..{head_seq} were dropped from the end "
+                    "(the head file records more)"
+                )
+            elif rows and head_seq == last_seq and head_hash != rows[-1][8]:
+                problems.append(f"the newest entry {last_seq} differs from the recorded head")
+        elif rows:
+            problems.append(f"the head file {self.head_path.name} is missing")
+        return VerifyReport(ok=not problems, entries=len(rows), problems=problems)
+
+
+def _row_to_entry(row: tuple[Any, ...]) -> Entry:
+    seq, at, cycle_id, node, event, key, payload, prev_hash, digest = row
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:  # an edited row; verify() reports it
+        data = {"unreadable_payload": str(exc)}
+    return Entry(
+        seq=seq, at=at, cycle_id=cycle_id, node=node, event=event, key=key,
+        payload=data, prev_hash=prev_hash, hash=digest,
+    )
+
+
+def open_ledger(state_dir: Path) -> Ledger:
+    """The ledger of a state folder."""
+    try:
+        return Ledger(state_dir / "ledger.sqlite")
+    except sqlite3.Error as exc:
+        raise LedgerError(
+            f"cannot open the ledger in {state_dir}: {exc}. Check the folder is writable."
+        ) from exc

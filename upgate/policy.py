@@ -1,0 +1,128 @@
+"""The versioned policy: which changes agents may make, which checks and approvals each needs.
+
+The policy lives outside the target, so no candidate can change what judges it; its
+version id (declared version plus content hash) is recorded with every decision.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from upgate.errors import PolicyError
+from upgate.hashing import sha256_text
+
+ChangeKind = Literal["code", "prompt", "config", "model"]
+CheckName = Literal["protected_paths", "tests", "eval", "detectors"]
+
+ALWAYS_PROTECTED: tuple[str, ...] = (
+    "upgate-target.toml",
+    ".upgate/**",
+    ".git/**",
+)
+"""Paths no policy can unprotect: the target manifest and upgate's own state."""
+
+
+class KindRule(BaseModel):
+    """What one kind of change is allowed, and what it needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed: bool = True
+    checks: tuple[CheckName, ...] = ("protected_paths", "tests", "eval", "detectors")
+    approval: Literal["required", "auto"] = "required"
+    recipes: tuple[str, ...] | None = None
+    """Recipes allowed for this kind; None means all the target allows."""
+
+
+class Thresholds(BaseModel):
+    """Numbers at which the loop stops, pauses or rejects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_revisions: int = Field(default=1, ge=0, le=5)
+    min_gain: float = Field(default=0.0, ge=0.0, le=1.0)
+    """The candidate's overall score must beat the baseline's by more than this."""
+    regression_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    """No slice may drop by more than this."""
+    approval_ttl_hours: float = Field(default=24.0, gt=0.0, le=24.0 * 30)
+    max_diff_lines: int = Field(default=400, ge=1)
+    monitor_tolerance: float = Field(default=0.2, ge=0.0, le=1.0)
+    """After deploy, the live score may trail the critic's by this much before rollback."""
+    pause_after_failures: int = Field(default=2, ge=1)
+    """Batch runs pause after this many failed or rejected cycles in a row."""
+
+
+class Policy(BaseModel):
+    """A loaded policy file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+    approvers: tuple[str, ...] = ()
+    protected_paths: tuple[str, ...] = ("tests/**",)
+    kinds: dict[ChangeKind, KindRule] = Field(default_factory=dict)
+    thresholds: Thresholds = Thresholds()
+    content_hash: str = ""
+
+    @property
+    def version_id(self) -> str:
+        """`name@version+hash12`: what the ledger records."""
+        return f"{self.name}@{self.version}+{self.content_hash[:12]}"
+
+    def rule(self, kind: ChangeKind) -> KindRule:
+        """The rule for a kind; kinds the file does not name are not allowed."""
+        return self.kinds.get(kind, KindRule(allowed=False))
+
+    def requires_approval(self, kind: ChangeKind) -> bool:
+        """Whether a human must approve. A served-model change always needs one."""
+        if kind == "model":
+            return True
+        return self.rule(kind).approval == "required"
+
+    def all_protected(self) -> tuple[str, ...]:
+        """The policy's protected globs plus those no policy can lift."""
+        return tuple(dict.fromkeys(self.protected_paths + ALWAYS_PROTECTED))
+
+    def protected_hits(self, paths: list[str]) -> list[str]:
+        """The paths (of a diff) that match a protected glob."""
+        globs = self.all_protected()
+        return [p for p in paths if any(_match(p, g) for g in globs)]
+
+
+def _match(path: str, glob: str) -> bool:
+    if fnmatch.fnmatchcase(path, glob):
+        return True
+    # "dir/**" also means the folder itself and everything below it at any depth.
+    if glob.endswith("/**"):
+        base = glob[:-3]
+        return path == base or path.startswith(base + "/")
+    return False
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file; errors name the file and the key."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PolicyError(
+            f"policy file {path} does not exist. Set `policy` in upgate.toml to a policy file "
+            "(see examples/policy.toml)."
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from exc
+    data["content_hash"] = sha256_text(text)
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise PolicyError(f"policy file {path} is invalid: {problems}") from exc

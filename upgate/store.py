@@ -1,0 +1,140 @@
+"""upgate's own state database: people, the artifact registry, served versions.
+
+Separate from the ledger (which is append-only) because these tables change: a served
+version is retired, a person's token is rotated. Every such change is also recorded in the
+ledger by the code that makes it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS people (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha256 TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS served (
+    alias TEXT NOT NULL,
+    version_name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    deployment_id TEXT NOT NULL,
+    cycle_id TEXT NOT NULL,
+    since TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    PRIMARY KEY (alias, deployment_id)
+);
+"""
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601."""
+    return datetime.now(UTC).isoformat()
+
+
+class Store:
+    """Small SQLite store for mutable state."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # people -----------------------------------------------------------------------------
+
+    def set_person(self, name: str, token_sha256: str) -> None:
+        """Add a person or replace their token hash."""
+        self.execute(
+            "INSERT INTO people (name, token_sha256, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET token_sha256 = excluded.token_sha256",
+            (name, token_sha256, now_iso()),
+        )
+
+    def token_hash(self, name: str) -> str | None:
+        """The stored token hash of a person, if registered."""
+        rows = self.execute("SELECT token_sha256 FROM people WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def people(self) -> list[str]:
+        """Registered people."""
+        return [r[0] for r in self.execute("SELECT name FROM people ORDER BY name")]
+
+    # artifacts --------------------------------------------------------------------------
+
+    def register_artifact(self, sha256: str, kind: str, name: str, path: Path) -> None:
+        """Record a content-addressed artifact (idempotent)."""
+        self.execute(
+            "INSERT OR IGNORE INTO artifacts (sha256, kind, name, path, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (sha256, kind, name, str(path), now_iso()),
+        )
+
+    # served versions --------------------------------------------------------------------
+
+    def served_versions(self, alias: str) -> list[dict[str, Any]]:
+        """Every version ever served under an alias, newest first."""
+        rows = self.execute(
+            "SELECT version_name, path, sha256, deployment_id, cycle_id, since, active "
+            "FROM served WHERE alias = ? ORDER BY since DESC",
+            (alias,),
+        )
+        keys = ("version_name", "path", "sha256", "deployment_id", "cycle_id", "since", "active")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def active_version(self, alias: str) -> dict[str, Any] | None:
+        """The version the alias serves now, if upgate deployed one."""
+        for v in self.served_versions(alias):
+            if v["active"]:
+                return v
+        return None
+
+    def record_served(
+        self, alias: str, version_name: str, path: Path, sha256: str, deployment_id: str,
+        cycle_id: str,
+    ) -> None:
+        """Mark a version as the active one for its alias (idempotent by deployment id)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE served SET active = 0 WHERE alias = ?", (alias,))
+            self._db.execute(
+                "INSERT INTO served (alias, version_name, path, sha256, deployment_id, cycle_id,"
+                " since, active) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT(alias, deployment_id) DO UPDATE SET active = 1",
+                (alias, version_name, str(path), sha256, deployment_id, cycle_id, now_iso()),
+            )
+            self._db.execute("COMMIT")
+
+    def reactivate(self, alias: str, deployment_id: str) -> None:
+        """Make an earlier version the active one again (a rollback)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE served SET active = 0 WHERE alias = ?", (alias,))
+            self._db.execute(
+                "UPDATE served SET active = 1 WHERE alias = ? AND deployment_id = ?",
+                (alias, deployment_id),
+            )
+            self._db.execute("COMMIT")
