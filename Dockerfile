@@ -8,14 +8,20 @@
 #   docker build --build-arg BASE_IMAGE=upgate-sandbox-base:bookworm -t upgate .
 #
 # Both bases get a venv rather than relying on a global pip, which the local base lacks.
-# `pip install` still needs a Python package index during the build.
+# With wheels in .cache/wheelhouse (`make image` puts upgate's and all its dependencies'
+# there, using the host's pip) the build needs no package index; without them, pip
+# installs from the sources and fetches the dependencies from its index.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/upgate
 COPY . /src
-RUN /opt/upgate/bin/pip install /src
+RUN if ls /src/.cache/wheelhouse/upgate-*.whl >/dev/null 2>&1; then \
+        /opt/upgate/bin/pip install --no-index --find-links /src/.cache/wheelhouse upgate; \
+    else \
+        /opt/upgate/bin/pip install /src; \
+    fi
 
 # A second stage, so the sources and the build's leftovers stay out of the image.
 FROM ${BASE_IMAGE}

@@ -10,6 +10,7 @@
 #   make test-real  tests against the real parts (Docker, vLLM)
 #   make test       lint + test-unit + test-real (what CI runs)
 #   make demo       one real upgrade cycle
+#   make image      upgate's own runtime image (Dockerfile), built without a package index
 #   make stop       stop the vLLM server
 #   make clean      remove caches and build outputs (keeps venvs and models)
 #   make distclean  clean, and remove .venv and .cache (venvs, models, logs) too
@@ -31,7 +32,12 @@ MAPPED_PACKAGES := agents graphs sandboxes evals
 
 say = @printf '\n==> %s\n' $(1)
 
-.PHONY: help venv docker images vllm lint test-unit test-real test demo stop clean distclean
+# Base of upgate's own image; where a registry is reachable, python:3.11-slim-bookworm works.
+IMAGE_BASE ?= upgate-sandbox-base:bookworm
+IMAGE_TAG ?= upgate:latest
+WHEELHOUSE := $(ROOT)/.cache/wheelhouse
+
+.PHONY: help venv docker images vllm lint test-unit test-real test demo image stop clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -95,6 +101,15 @@ test: lint test-unit test-real
 demo: venv docker images vllm
 	$(call say,"demo")
 	@cd $(ROOT) && $(PY) -m upgate.demo
+
+image: venv docker
+	$(call say,"wheels for the image ($(WHEELHOUSE))")
+	@rm -rf $(WHEELHOUSE)
+	@$(PY) -m pip wheel -q --disable-pip-version-check --wheel-dir $(WHEELHOUSE) $(ROOT)
+	@if [[ "$(IMAGE_BASE)" == upgate-sandbox-base:* ]]; then $(SCRIPTS)/build_base_image.sh; fi
+	$(call say,"docker build $(IMAGE_TAG) from $(IMAGE_BASE)")
+	@cd $(ROOT) && docker build -q --build-arg BASE_IMAGE=$(IMAGE_BASE) -t $(IMAGE_TAG) .
+	@docker run --rm $(IMAGE_TAG) --help >/dev/null && echo "$(IMAGE_TAG): 'upgate --help' runs"
 
 stop:
 	@$(SCRIPTS)/vllm_server.sh stop

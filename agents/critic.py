@@ -24,7 +24,7 @@ from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.deploy.vllm import VllmAdmin
 from upgate.evals.detectors import Finding, run_detectors
-from upgate.evals.evidence import CandidateSummary, Check, EvidencePacket, TestRunSummary
+from upgate.evals.evidence import CandidateSummary, Check, EvidencePacket, RunSummary
 from upgate.evals.harness import CaseResult, ChatChoiceHarness
 from upgate.evals.stats import Comparison, compare, non_regression
 from upgate.evals.suite import Suite
@@ -242,10 +242,10 @@ def _verdict(
                        "detail": f"advisory, recommends {review.recommendation}: "
                                  f"{review.summary} Concerns: {concerns}"})
 
-    def run_summary(r: ExecResult | None) -> TestRunSummary | None:
+    def run_summary(r: ExecResult | None) -> RunSummary | None:
         if r is None:
             return None
-        return TestRunSummary(passed=r.ok, exit_code=r.exit_code, summary=r.summary(3000))
+        return RunSummary(passed=r.ok, exit_code=r.exit_code, summary=r.summary(3000))
 
     packet = EvidencePacket(
         cycle_id=ctx.cycle_id,

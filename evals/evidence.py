@@ -41,8 +41,8 @@ class Check(BaseModel):
     detail: str = ""
 
 
-class TestRunSummary(BaseModel):
-    """A test run's outcome: passed or not, exit code, and a short tail of its output."""
+class RunSummary(BaseModel):
+    """A test command's outcome: passed or not, exit code, and a short tail of its output."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,8 +72,8 @@ class EvidencePacket(BaseModel):
     proposal: dict[str, JsonValue]
     candidate: CandidateSummary
     checks: list[Check] = Field(default_factory=list)
-    tests_baseline: TestRunSummary | None = None
-    tests_candidate: TestRunSummary | None = None
+    tests_baseline: RunSummary | None = None
+    tests_candidate: RunSummary | None = None
     comparison: Comparison | None = None
     findings: list[Finding] = Field(default_factory=list)
     versions: dict[str, JsonValue] = Field(default_factory=dict)

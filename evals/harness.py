@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from upgate.errors import EvalError
+from upgate.errors import EvalError, ModelRequestsForbiddenError
 from upgate.evals.scorers import get_scorer
 from upgate.evals.suite import Case, Split
 
@@ -58,6 +58,15 @@ ClientFactory = Callable[[str, float], ChatClient]
 def openai_client_factory(base_url: str, timeout_s: float) -> ChatClient:
     """An `openai.OpenAI` client for a local OpenAI-compatible server (no retries)."""
     from openai import OpenAI
+
+    # The same switch the agents obey: the unit tier turns real requests off.
+    from upgate.agents import models
+
+    if not models.ALLOW_MODEL_REQUESTS:
+        raise ModelRequestsForbiddenError(
+            f"real model requests are forbidden here (endpoint {base_url}); "
+            "give ChatChoiceHarness a scripted client factory in unit tests"
+        )
 
     # No retries: a retried request hides failures and skews the latency we measure.
     client = OpenAI(base_url=base_url, api_key="not-needed", timeout=timeout_s, max_retries=0)

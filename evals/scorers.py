@@ -25,7 +25,7 @@ NAN = float("nan")
 class Scorer(Protocol):
     """Score one output against its expectation; options come from the suite."""
 
-    def __call__(self, output: Any, expected: Any, /, **options: Any) -> float: ...
+    def __call__(self, output: Any, expected: Any = None, /, **options: Any) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,13 @@ def clean_score(score: float) -> float:
 
 @register_scorer("exact_match", "1.0 when the output equals the expected text, else 0.0")
 def exact_match(
-    output: Any, expected: Any, /, *, ignore_case: bool = False, strip: bool = True, **_: Any
+    output: Any,
+    expected: Any = None,
+    /,
+    *,
+    ignore_case: bool = False,
+    strip: bool = True,
+    **_: Any,
 ) -> float:
     """1.0 when the output equals the expected string (optionally ignoring case)."""
     if output is None or expected is None:
@@ -114,7 +120,7 @@ def _as_number(value: Any) -> float | None:
 @register_scorer("numeric_tolerance", "1.0 when |output - expected| is within abs/rel tolerance")
 def numeric_tolerance(
     output: Any,
-    expected: Any,
+    expected: Any = None,
     /,
     *,
     abs_tol: float = 1e-9,
@@ -141,7 +147,7 @@ def numeric_tolerance(
 
 @register_scorer("json_schema", "1.0 when the output is JSON that satisfies the schema")
 def json_schema(
-    output: Any, expected: Any, /, *, schema: Mapping[str, Any] | None = None, **_: Any
+    output: Any, expected: Any = None, /, *, schema: Mapping[str, Any] | None = None, **_: Any
 ) -> float:
     """1.0 when the output (JSON text or a parsed value) satisfies the schema.
 

@@ -20,8 +20,8 @@ DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 class _BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default_timeout_s: float = Field(60.0, gt=0)
-    max_output_bytes: int = Field(DEFAULT_MAX_OUTPUT_BYTES, gt=0)
+    default_timeout_s: float = Field(default=60.0, gt=0)
+    max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, gt=0)
 
 
 class DockerSandboxConfig(_BackendConfig):
@@ -29,20 +29,20 @@ class DockerSandboxConfig(_BackendConfig):
 
     type: Literal["docker"] = "docker"
     image: str | None = Field(
-        None,
+        default=None,
         description="Image to run; None means the content-hashed sandbox image, built if missing.",
     )
     image_kind: Literal["sandbox", "train"] = "sandbox"
     memory: str = "512m"
-    cpus: float = Field(1.0, gt=0)
-    pids: int = Field(128, gt=8)
+    cpus: float = Field(default=1.0, gt=0)
+    pids: int = Field(default=128, gt=8)
     workspace_size: str = "256m"
     tmp_size: str = "64m"
     network: Literal["none"] = Field(
-        "none", description="Only 'none' for now; an allow-listed route is a policy opt-in."
+        default="none", description="Only 'none' for now; an allow-listed route is a policy opt-in."
     )
     host_kill_grace_s: float = Field(
-        5.0, gt=0, description="How long past the timeout the host waits before killing."
+        default=5.0, gt=0, description="How long past the timeout the host waits before killing."
     )
 
 
@@ -50,9 +50,13 @@ class LocalSandboxConfig(_BackendConfig):
     """bubblewrap on the host kernel, for machines with no Docker engine (weaker isolation)."""
 
     type: Literal["local"] = "local"
-    memory: str = Field("1g", description="RLIMIT_AS (address space), not a cgroup limit.")
-    pids: int = Field(256, gt=8, description="RLIMIT_NPROC; not enforced when run as root.")
-    max_file_size: str = Field("256m", description="RLIMIT_FSIZE per file written.")
+    memory: str = Field(
+        default="1g", description="RLIMIT_AS (address space), not a cgroup limit."
+    )
+    pids: int = Field(
+        default=256, gt=8, description="RLIMIT_NPROC; not enforced when run as root."
+    )
+    max_file_size: str = Field(default="256m", description="RLIMIT_FSIZE per file written.")
     tmp_size: str = "64m"
 
 

@@ -14,6 +14,7 @@ pids cgroup counters after a per-exec nonce. The host also enforces the deadline
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import logging
 import os
@@ -47,9 +48,10 @@ logger = logging.getLogger(__name__)
 
 LABEL = "upgate.sandbox"
 SANDBOX_UID = 1000
+SANDBOX_TMP = "/tmp"  # noqa: S108 (a tmpfs inside the container, not the host's /tmp)
 SANDBOX_ENV = {
     "PATH": "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/tmp",
+    "HOME": SANDBOX_TMP,
     "LANG": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
 }
@@ -63,7 +65,10 @@ INIT_COMMAND = [
 # Reads the cgroup v1 or v2 counters of OOM kills and refused forks into $m and $p, with
 # shell builtins only: a fork bomb may have used up every pid.
 READ_COUNTERS = r"""
-rd() { _v=0; [ -r "$1" ] || return 0; while read -r _k _n; do [ "$_k" = "$2" ] && _v=$_n; done < "$1"; return 0; }
+rd() {
+  _v=0; [ -r "$1" ] || return 0
+  while read -r _k _n; do [ "$_k" = "$2" ] && _v=$_n; done < "$1"; return 0
+}
 M=/sys/fs/cgroup/memory/memory.oom_control; [ -r $M ] || M=/sys/fs/cgroup/memory.events
 P=/sys/fs/cgroup/pids/pids.events; [ -r $P ] || P=/sys/fs/cgroup/pids.events
 rd $M oom_kill; m=$_v; rd $P max; p=$_v
@@ -210,7 +215,7 @@ class DockerSandbox(Sandbox):
                     mem_limit=self.config.memory,
                     memswap_limit=self.config.memory,
                     nano_cpus=int(self.config.cpus * 1e9),
-                    tmpfs={"/tmp": f"size={self.config.tmp_size},mode=1777,nosuid,nodev"},
+                    tmpfs={SANDBOX_TMP: f"size={self.config.tmp_size},mode=1777,nosuid,nodev"},
                     mounts=mounts,
                     ulimits=[Ulimit(name="core", soft=0, hard=0)],
                     stop_signal="SIGKILL",
@@ -355,10 +360,7 @@ class DockerSandbox(Sandbox):
 
     def _new_limit_events(self, marker: tuple[int, int, int] | None) -> tuple[bool, bool]:
         """Whether the memory (OOM kills) or pids (fork refused) counters moved."""
-        if marker is None:
-            counters = self._probe_counters()
-        else:
-            counters = (marker[1], marker[2])
+        counters = self._probe_counters() if marker is None else (marker[1], marker[2])
         if counters is None:
             return False, False
         oom = counters[0] > self._counters[0]
@@ -563,17 +565,13 @@ def _raw_socket(sock: Any) -> Any:
 
 
 def _shutdown(sock: Any) -> None:
-    try:
+    with contextlib.suppress(OSError):
         _raw_socket(sock).shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _close(sock: Any) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 def _spool(stream: Iterator[bytes], buf: Any) -> None:

@@ -11,6 +11,7 @@ it only changes how a command is launched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -81,7 +82,8 @@ def run_host_process(
         # Like a shell: a missing program or folder is the command's failure, code 127.
         return ExecResult(exit_code=127, stderr=str(exc), duration_s=time.monotonic() - started)
     out, err = OutputCapture(max_output_bytes), OutputCapture(max_output_bytes)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(proc.stdout, out), daemon=True),
         threading.Thread(target=_pump, args=(proc.stderr, err), daemon=True),
@@ -119,10 +121,8 @@ def run_host_process(
 
 def with_suppressed_lookup(fn: Callable[..., Any], *args: Any) -> None:
     """Call `fn`, ignoring a process that is already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         fn(*args)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _force_rmtree(root: Path) -> None:

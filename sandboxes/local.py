@@ -29,6 +29,7 @@ from upgate.sandboxes.config import LocalSandboxConfig, parse_size
 from upgate.sandboxes.fake import HostDirSandbox, run_host_process
 
 SANDBOX_PATH = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
+SANDBOX_TMP = "/tmp"  # noqa: S108 (a private tmpfs inside the jail, not the host's /tmp)
 # Only what dynamic linking, Python and git need from /etc; not passwd, not secrets.
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -81,9 +82,8 @@ class LocalSandbox(HostDirSandbox):
         env: dict[str, str],
         max_output_bytes: int,
     ) -> ExecResult:
-        jail = self._jail_argv(cwd, env) + ["--", *argv]
         result = run_host_process(
-            self._rlimits() + jail,
+            [*self._rlimits(), *self._jail_argv(cwd, env), "--", *argv],
             cwd=self.workspace_dir,
             env={"PATH": "/usr/bin:/bin"},
             timeout_s=timeout_s,
@@ -127,7 +127,7 @@ class LocalSandbox(HostDirSandbox):
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", str(parse_size(self.config.tmp_size)),
-            "--tmpfs", "/tmp",
+            "--tmpfs", SANDBOX_TMP,
             "--bind", str(self.workspace_dir), WORKSPACE,
         ]
         for mount in self.mounts:
@@ -135,7 +135,7 @@ class LocalSandbox(HostDirSandbox):
                 raise SandboxError(f"mount source {mount.source} does not exist; create it")
             flag = "--ro-bind" if mount.read_only else "--bind"
             args += [flag, str(mount.source), mount.target]
-        full_env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", **env}
+        full_env = {"PATH": SANDBOX_PATH, "HOME": SANDBOX_TMP, "LANG": "C.UTF-8", **env}
         for key, value in full_env.items():
             args += ["--setenv", key, value]
         args += ["--chdir", cwd]

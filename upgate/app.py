@@ -17,11 +17,18 @@ from upgate.graphs.deps import Deps
 from upgate.ledger import open_ledger
 from upgate.policy import load_policy
 from upgate.sandboxes.base import Mount, Sandbox
-from upgate.sandboxes.config import DockerSandboxConfig, get_sandbox
+from upgate.sandboxes.config import (
+    DockerSandboxConfig,
+    FakeSandboxConfig,
+    LocalSandboxConfig,
+    get_sandbox,
+)
 from upgate.store import Store
 
 
-def train_config(settings: Settings) -> DockerSandboxConfig | object:
+def train_config(
+    settings: Settings,
+) -> DockerSandboxConfig | LocalSandboxConfig | FakeSandboxConfig:
     """The sandbox config for training jobs: the training image, more memory and cores."""
     cfg = settings.sandbox
     if isinstance(cfg, DockerSandboxConfig):
@@ -56,7 +63,7 @@ def build_deps(
         return get_sandbox(sandbox_cfg, mounts)
 
     def train_sandbox(mounts: list[Mount]) -> Sandbox:
-        return get_sandbox(train_cfg, mounts)  # type: ignore[arg-type]
+        return get_sandbox(train_cfg, mounts)
 
     manifest = load_manifest(settings.target.path)
     if admin is None and manifest.model_alias:

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.real
 def _load_contract() -> Any:
     path = Path(__file__).resolve().parents[1] / "unit" / "test_sandbox_contract.py"
     spec = importlib.util.spec_from_file_location("upgate_sandbox_contract", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -266,7 +267,9 @@ def test_output_flood_is_cut(make_sandbox: MakeSandbox) -> None:
     assert len(result.stdout) <= 64 * 1024 + 100
 
 
-def test_stop_leaves_nothing_behind(docker_engine: Any, sandbox_config: DockerSandboxConfig) -> None:
+def test_stop_leaves_nothing_behind(
+    docker_engine: Any, sandbox_config: DockerSandboxConfig
+) -> None:
     sandbox = get_sandbox(sandbox_config)
     sandbox.start()
     assert _ours(docker_engine)

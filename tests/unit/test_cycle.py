@@ -49,7 +49,7 @@ def branches(repo: Path) -> list[str]:
 
 
 def test_few_shot_cycle_waits_for_approval_then_deploys_a_branch(workdir: Path) -> None:
-    runner, client = make_runner(workdir, {"proposal": draft(), "review": REVIEW})
+    runner, _ = make_runner(workdir, {"proposal": draft(), "review": REVIEW})
     state = runner.start("alice")
     assert state["outcome"] == "awaiting_approval"
     assert state["verdict"]["decision"] == "accept"
@@ -61,8 +61,10 @@ def test_few_shot_cycle_waits_for_approval_then_deploys_a_branch(workdir: Path) 
     assert done["outcome"] == "deployed"
     branch = f"upgate/{state['cycle_id']}"
     assert branch in branches(workdir / "target")
-    shown = subprocess.run(["git", "-C", str(workdir / "target"), "show", f"{branch}:triage/config.json"],
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        ["git", "-C", str(workdir / "target"), "show", f"{branch}:triage/config.json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
     assert len(json.loads(shown)["few_shot"]) == 8
     events = [(e.node, e.event) for e in runner.deps.ledger.entries(state["cycle_id"])]
     assert ("approve", "approve") in events and ("deploy", "deployed") in events

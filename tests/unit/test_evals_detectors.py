@@ -32,8 +32,8 @@ index 3b18e51..a1c2f3d 100644
      text = ticket.strip()
 -    return model(text)
 +    return model(text.lower())
- 
- 
+
+
  def helper():
 """
 
@@ -46,7 +46,7 @@ index 1111111..2222222 100644
  def exact_match(a, b):
 -    return 1.0 if a == b else 0.0
 +    return 1.0
- 
+
 """
 
 RENAME_INTO = """\
@@ -114,7 +114,9 @@ def test_protected_paths_negative_cases() -> None:
 
 
 def test_rename_out_of_a_protected_folder_is_caught() -> None:
-    diff = RENAME_INTO.replace("triage/rules.py", "TMP").replace("evals/rules.py", "triage/rules.py")
+    diff = RENAME_INTO.replace("triage/rules.py", "TMP").replace(
+        "evals/rules.py", "triage/rules.py"
+    )
     diff = diff.replace("TMP", "evals/rules.py")
     assert protected_paths(diff, PROTECTED).triggered
 
@@ -209,16 +211,26 @@ index 1..2 100644
 
 
 @pytest.mark.parametrize(
-    "diff", [TEST_EDIT, NEW_CONFTEST, PYPROJECT_PYTEST, SETUP_CFG, EVAL_EDIT, DELETE_POLICY.replace("policy/policy.toml", "tests/data.json")]
+    "diff",
+    [
+        TEST_EDIT,
+        NEW_CONFTEST,
+        PYPROJECT_PYTEST,
+        SETUP_CFG,
+        EVAL_EDIT,
+        DELETE_POLICY.replace("policy/policy.toml", "tests/data.json"),
+    ],
 )
 def test_tests_or_eval_touched_blocks(diff: str) -> None:
     finding = tests_or_eval_touched(diff)
-    assert finding.triggered and finding.severity == "block", finding
+    assert finding.triggered, finding
+    assert finding.severity == "block", finding
 
 
 def test_a_new_test_module_only_warns() -> None:
     finding = tests_or_eval_touched(NEW_TEST)
-    assert finding.triggered and finding.severity == "warn"
+    assert finding.triggered
+    assert finding.severity == "warn"
     assert "tests/test_new.py" in finding.evidence
 
 
@@ -242,7 +254,11 @@ def _code_diff(removed: list[str], added: list[str], path: str = "triage/classif
         (["    assert out == 'billing'"], ["    assert out"], "removed check"),
         (["    with pytest.raises(ValueError):"], ["    if True:"], "removed check"),
         (["    self.assertEqual(a, b)"], [], "removed check"),
-        (["    run(cmd, timeout=30)"], ["    run(cmd, timeout=300)"], "timeout timeout raised 30 -> 300"),
+        (
+            ["    run(cmd, timeout=30)"],
+            ["    run(cmd, timeout=300)"],
+            "timeout timeout raised 30 -> 300",
+        ),
         (["    run(cmd, timeout_s=30)"], ["    run(cmd)"], "timeout timeout_s=30 removed"),
         (["    run(cmd, timeout=30)"], ["    run(cmd, timeout=None)"], "raised 30 -> inf"),
         (['    "timeout": 5,'], ['    "timeout": 50,'], "raised 5 -> 50"),
@@ -258,7 +274,8 @@ def _code_diff(removed: list[str], added: list[str], path: str = "triage/classif
 )
 def test_weakened_checks_positive(removed: list[str], added: list[str], needle: str) -> None:
     finding = weakened_checks(_code_diff(removed, added))
-    assert finding.triggered and finding.severity == "block"
+    assert finding.triggered
+    assert finding.severity == "block"
     assert needle in finding.evidence
 
 
@@ -282,25 +299,38 @@ def test_weakened_checks_negative(removed: list[str], added: list[str]) -> None:
 
 
 CASES = [
-    Case(id="v1", input="I was charged twice for my Basic plan", expected="billing", split="visible"),
-    Case(id="h7", input="hi, looks like you took money from my account two times", expected="billing", split="hidden"),
+    Case(
+        id="v1", input="I was charged twice for my Basic plan", expected="billing", split="visible"
+    ),
+    Case(
+        id="h7",
+        input="hi, looks like you took money from my account two times",
+        expected="billing",
+        split="hidden",
+    ),
     Case(id="short", input="refund", expected="billing", split="hidden"),
 ]
 
 
 def test_special_casing_catches_a_hidden_input_and_never_quotes_it() -> None:
     diff = _code_diff(
-        [], ['    if "Hi,  looks like you TOOK money from my account two times" in ticket:',
-             '        return "billing"']
+        [],
+        [
+            '    if "Hi,  looks like you TOOK money from my account two times" in ticket:',
+            '        return "billing"',
+        ],
     )
     finding = special_casing(diff, CASES)
-    assert finding.triggered and finding.severity == "block"
+    assert finding.triggered
+    assert finding.severity == "block"
     assert "hidden case 'h7'" in finding.evidence
     assert "took money" not in finding.evidence.casefold()
 
 
 def test_special_casing_sees_literals_split_over_lines_and_escaped_newlines() -> None:
-    split_over_lines = _code_diff([], ["    KNOWN = '''I was charged", "twice for my basic plan'''"])
+    split_over_lines = _code_diff(
+        [], ["    KNOWN = '''I was charged", "twice for my basic plan'''"]
+    )
     assert special_casing(split_over_lines, CASES).triggered
     multi = [Case(id="m", input="line one of it\nline two of it", expected="bug", split="visible")]
     escaped = _code_diff([], ['    X = "line one of it\\nline two of it"'])
@@ -315,39 +345,65 @@ def test_special_casing_negative() -> None:
 
 
 def _delta(name: str, delta: float, n: int = 20) -> SliceDelta:
-    return SliceDelta(slice=name, n=n, baseline_mean=0.5, candidate_mean=0.5 + delta,
-                      delta=delta, ci_low=delta - 0.1, ci_high=delta + 0.1)
+    return SliceDelta(
+        slice=name,
+        n=n,
+        baseline_mean=0.5,
+        candidate_mean=0.5 + delta,
+        delta=delta,
+        ci_low=delta - 0.1,
+        ci_high=delta + 0.1,
+    )
 
 
 def _comparison(visible: float, hidden: float) -> Comparison:
     return Comparison(
-        overall=_delta("*", (visible + hidden) / 2), per_slice={},
-        by_split={"visible": _delta("split:visible", visible), "hidden": _delta("split:hidden", hidden)},
-        n_boot=2000, seed=0, alpha=0.05,
+        overall=_delta("*", (visible + hidden) / 2),
+        per_slice={},
+        by_split={
+            "visible": _delta("split:visible", visible),
+            "hidden": _delta("split:hidden", hidden),
+        },
+        n_boot=2000,
+        seed=0,
+        alpha=0.05,
     )
 
 
 def test_overfitting() -> None:
     blocked = overfitting(_comparison(0.3, 0.0), min_gap=0.1)
-    assert blocked.triggered and blocked.severity == "block"
+    assert blocked.triggered
+    assert blocked.severity == "block"
     assert "hidden delta +0.000" in blocked.evidence
     assert overfitting(_comparison(0.3, -0.1), 0.1).severity == "block"
     warned = overfitting(_comparison(0.3, 0.1), 0.1)
-    assert warned.triggered and warned.severity == "warn"
+    assert warned.triggered
+    assert warned.severity == "warn"
     assert not overfitting(_comparison(0.3, 0.3), 0.1).triggered
     assert not overfitting(_comparison(0.0, 0.0), 0.1).triggered
     assert not overfitting(_comparison(-0.2, 0.0), 0.1).triggered
-    no_hidden = Comparison(overall=_delta("*", 0.3), per_slice={},
-                           by_split={"visible": _delta("split:visible", 0.3)},
-                           n_boot=2000, seed=0, alpha=0.05)
+    no_hidden = Comparison(
+        overall=_delta("*", 0.3),
+        per_slice={},
+        by_split={"visible": _delta("split:visible", 0.3)},
+        n_boot=2000,
+        seed=0,
+        alpha=0.05,
+    )
     assert overfitting(no_hidden, 0.1).severity == "warn"
 
 
 def _results(outputs: list[str | None], scores: list[float] | None = None) -> list[CaseResult]:
     return [
-        CaseResult(case_id=f"c{i}", split="visible", slices=(), output=o,
-                   score=(scores[i] if scores else 1.0), latency_s=0.1,
-                   error=None if o is not None else "boom")
+        CaseResult(
+            case_id=f"c{i}",
+            split="visible",
+            slices=(),
+            output=o,
+            score=(scores[i] if scores else 1.0),
+            latency_s=0.1,
+            error=None if o is not None else "boom",
+        )
         for i, o in enumerate(outputs)
     ]
 
@@ -360,14 +416,18 @@ LABEL_CASES = [
 
 def test_degenerate_outputs() -> None:
     same = degenerate_outputs(_results(["billing"] * 12), LABEL_CASES)
-    assert same.triggered and same.severity == "block" and "100%" in same.evidence
-    varied = degenerate_outputs(_results([c.expected for c in LABEL_CASES]), LABEL_CASES)  # type: ignore[misc]
+    assert same.triggered
+    assert same.severity == "block"
+    assert "100%" in same.evidence
+    varied = degenerate_outputs(_results([str(c.expected) for c in LABEL_CASES]), LABEL_CASES)
     assert not varied.triggered
     errors = degenerate_outputs(_results([None] * 8 + ["bug"] * 4), LABEL_CASES)
-    assert errors.triggered and errors.severity == "block"
+    assert errors.triggered
+    assert errors.severity == "block"
     one_nan = _results(["billing", "bug", "account", "feature"] * 3, [1.0] * 11 + [float("nan")])
     few = degenerate_outputs(one_nan, LABEL_CASES)
-    assert few.triggered and few.severity == "warn"
+    assert few.triggered
+    assert few.severity == "warn"
     # All cases really expect one label: one answer for everything is then right.
     uniform = [Case(id=f"c{i}", input="t", expected="bug", split="visible") for i in range(12)]
     assert not degenerate_outputs(_results(["bug"] * 12), uniform).triggered
@@ -378,18 +438,33 @@ def test_degenerate_outputs() -> None:
 def test_suite_hash_changed() -> None:
     assert not suite_hash_changed("a" * 64, "a" * 64).triggered
     changed = suite_hash_changed("a" * 64, "b" * 64)
-    assert changed.triggered and changed.severity == "block"
+    assert changed.triggered
+    assert changed.severity == "block"
 
 
 def test_run_detectors_runs_what_applies_and_blocking_filters() -> None:
-    findings = run_detectors(diff=EVAL_EDIT, protected_patterns=PROTECTED, cases=CASES,
-                             suite_hash_before="a", suite_hash_after="a")
+    findings = run_detectors(
+        diff=EVAL_EDIT,
+        protected_patterns=PROTECTED,
+        cases=CASES,
+        suite_hash_before="a",
+        suite_hash_after="a",
+    )
     names = [f.name for f in findings]
-    assert names == ["protected_paths", "tests_or_eval_touched", "weakened_checks",
-                     "special_casing", "suite_hash_changed"]
+    assert names == [
+        "protected_paths",
+        "tests_or_eval_touched",
+        "weakened_checks",
+        "special_casing",
+        "suite_hash_changed",
+    ]
     assert {f.name for f in blocking(findings)} == {"protected_paths", "tests_or_eval_touched"}
-    clean = run_detectors(diff=SRC_EDIT, protected_patterns=PROTECTED, cases=CASES,
-                          comparison=_comparison(0.2, 0.2),
-                          candidate_results=_results([c.expected for c in LABEL_CASES]))  # type: ignore[misc]
+    clean = run_detectors(
+        diff=SRC_EDIT,
+        protected_patterns=PROTECTED,
+        cases=CASES,
+        comparison=_comparison(0.2, 0.2),
+        candidate_results=_results([str(c.expected) for c in LABEL_CASES]),
+    )
     assert len(clean) == 6
     assert blocking(clean) == []

@@ -1,4 +1,4 @@
-"""Evidence packets: stable hashes, tamper detection, and markdown that untrusted text cannot escape."""
+"""Evidence packets: stable hashes, tamper detection, markdown untrusted text cannot escape."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from upgate.evals.evidence import (
     CandidateSummary,
     Check,
     EvidencePacket,
-    TestRunSummary,
+    RunSummary,
     sanitize,
 )
 from upgate.evals.stats import Comparison, SliceDelta
@@ -25,29 +25,52 @@ WHEN = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 def _delta(name: str, delta: float) -> SliceDelta:
-    return SliceDelta(slice=name, n=10, baseline_mean=0.3, candidate_mean=0.3 + delta,
-                      delta=delta, ci_low=delta - 0.15, ci_high=delta + 0.15)
+    return SliceDelta(
+        slice=name,
+        n=10,
+        baseline_mean=0.3,
+        candidate_mean=0.3 + delta,
+        delta=delta,
+        ci_low=delta - 0.15,
+        ci_high=delta + 0.15,
+    )
 
 
 def packet(diff: str = "diff --git a/x b/x\n", **overrides: object) -> EvidencePacket:
     fields: dict[str, object] = {
         "cycle_id": "cyc-1",
         "proposal": {"kind": "prompt", "rationale": "make it better"},
-        "candidate": CandidateSummary(kind="prompt", content_hash="c" * 64, diff=diff,
-                                      artifacts={"prompt.txt": "d" * 64}),
+        "candidate": CandidateSummary(
+            kind="prompt", content_hash="c" * 64, diff=diff, artifacts={"prompt.txt": "d" * 64}
+        ),
         "checks": [Check(name="tests", passed=True, detail="12 passed")],
-        "tests_baseline": TestRunSummary(passed=True, exit_code=0, summary="12 passed"),
-        "tests_candidate": TestRunSummary(passed=False, exit_code=1, summary="1 failed"),
+        "tests_baseline": RunSummary(passed=True, exit_code=0, summary="12 passed"),
+        "tests_candidate": RunSummary(passed=False, exit_code=1, summary="1 failed"),
         "comparison": Comparison(
             overall=_delta("*", 0.4),
             per_slice={"billing": _delta("billing", 0.6), "bug": _delta("bug", -0.2)},
-            by_split={"visible": _delta("split:visible", 0.5), "hidden": _delta("split:hidden", 0.3)},
-            missing=("candidate:c9",), n_boot=2000, seed=0, alpha=0.05,
+            by_split={
+                "visible": _delta("split:visible", 0.5),
+                "hidden": _delta("split:hidden", 0.3),
+            },
+            missing=("candidate:c9",),
+            n_boot=2000,
+            seed=0,
+            alpha=0.05,
         ),
-        "findings": [Finding(name="weakened_checks", triggered=True, severity="block",
-                             evidence="tests/t.py: removed check: assert x")],
-        "versions": {"suite": "ticket-triage@1+abc", "policy": "test@1",
-                     "models": {"candidate": {"endpoint": "http://127.0.0.1:8011/v1", "model": "m"}}},
+        "findings": [
+            Finding(
+                name="weakened_checks",
+                triggered=True,
+                severity="block",
+                evidence="tests/t.py: removed check: assert x",
+            )
+        ],
+        "versions": {
+            "suite": "ticket-triage@1+abc",
+            "policy": "test@1",
+            "models": {"candidate": {"endpoint": "http://127.0.0.1:8011/v1", "model": "m"}},
+        },
         "verdict": "reject",
         "reasons": ["the bug slice regressed"],
         "created_at": WHEN,
@@ -77,7 +100,7 @@ def test_hash_is_stable_and_round_trips() -> None:
     ],
 )
 def test_any_changed_field_changes_the_hash(update: dict[str, object]) -> None:
-    assert packet(**update).packet_hash != packet().packet_hash
+    assert packet().model_copy(update=update).packet_hash != packet().packet_hash
 
 
 def test_a_changed_candidate_or_comparison_changes_the_hash() -> None:
@@ -106,7 +129,7 @@ def test_tampered_json_is_refused() -> None:
 
 def test_created_at_needs_a_timezone() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        packet(created_at=datetime(2026, 1, 1))  # noqa: DTZ001
+        packet(created_at=datetime(2026, 1, 1))
 
 
 def _fenced_lines(markdown: str) -> tuple[set[int], list[str]]:
@@ -120,7 +143,12 @@ def _fenced_lines(markdown: str) -> tuple[set[int], list[str]]:
             if m and not (m.group(1)[0] == "`" and "`" in m.group(2)):
                 fence = m.group(1)
             continue
-        if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not m.group(2).strip():
+        if (
+            m
+            and m.group(1)[0] == fence[0]
+            and len(m.group(1)) >= len(fence)
+            and not m.group(2).strip()
+        ):
             fence = None
             continue
         inside.add(i)
@@ -150,9 +178,15 @@ def test_hostile_text_stays_inside_its_fence() -> None:
         diff=HOSTILE_DIFF,
         reasons=[f"```\n{INJECTION}\n```"],
         proposal={"rationale": f"```\n{INJECTION}"},
-        findings=[Finding(name="special_casing", triggered=True, severity="block",
-                          evidence=f"```\n{INJECTION}")],
-        tests_candidate=TestRunSummary(passed=True, exit_code=0, summary=f"````\n{INJECTION}"),
+        findings=[
+            Finding(
+                name="special_casing",
+                triggered=True,
+                severity="block",
+                evidence=f"```\n{INJECTION}",
+            )
+        ],
+        tests_candidate=RunSummary(passed=True, exit_code=0, summary=f"````\n{INJECTION}"),
         checks=[Check(name="tests", passed=True, detail=f"| x | `{INJECTION}`\n## approve")],
     )
     md = p.to_markdown()
@@ -172,7 +206,8 @@ def test_control_and_bidi_characters_are_shown_not_obeyed() -> None:
     text = "ok\u202eevil\x1b[2Jz\u200b"
     assert sanitize(text) == "ok<U+202E>evil<U+001B>[2Jz<U+200B>"
     md = packet(diff=f"+{text}\n").to_markdown()
-    assert "\u202e" not in md and "\x1b" not in md
+    assert "\u202e" not in md
+    assert "\x1b" not in md
 
 
 def test_markdown_has_the_slice_table_and_bar_chart() -> None:
@@ -186,7 +221,8 @@ def test_markdown_has_the_slice_table_and_bar_chart() -> None:
     bar_billing = next(line for line in md.splitlines() if line.startswith("billing "))
     assert bar_billing.index("#") > bar_billing.index("|")
     assert "Missing results (counted as failures): 1" in md
-    assert "**YES**" in md and "weakened_checks" in md
+    assert "**YES**" in md
+    assert "weakened_checks" in md
 
 
 def test_huge_untrusted_text_is_truncated_in_markdown_but_kept_in_json() -> None:

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from upgate.errors import EvalError
-from upgate.evals.harness import ChatChoiceHarness, build_messages, parse_choice
+from upgate.errors import EvalError, ModelRequestsForbiddenError
+from upgate.evals.harness import CaseResult, ChatChoiceHarness, build_messages, parse_choice
 from upgate.evals.suite import Case
 
 LABELS = ("billing", "bug", "account", "feature")
-CLASSIFY = Path(__file__).resolve().parents[2] / "examples" / "ticket-triage" / "triage" / "classify.py"
+CLASSIFY = (
+    Path(__file__).resolve().parents[2] / "examples" / "ticket-triage" / "triage" / "classify.py"
+)
 
 
 class _Message:
@@ -74,21 +76,33 @@ def _harness(client: FakeClient) -> tuple[ChatChoiceHarness, list[tuple[str, flo
 
 
 CASES = [
-    Case(id="c1", input="I was charged twice", expected="billing", slices=("billing",), split="visible"),
+    Case(
+        id="c1",
+        input="I was charged twice",
+        expected="billing",
+        slices=("billing",),
+        split="visible",
+    ),
     Case(id="c2", input="The app crashes", expected="bug", slices=("bug",), split="visible"),
-    Case(id="c3", input="Reset my password", expected="account", slices=("account",), split="hidden"),
+    Case(
+        id="c3", input="Reset my password", expected="account", slices=("account",), split="hidden"
+    ),
 ]
 FEW_SHOT = [{"input": "Refund please", "expected": "billing"}]
 
 
-def _run(client: FakeClient, **overrides: Any) -> list[Any]:
+def _run(client: FakeClient, **overrides: Any) -> list[CaseResult]:
     harness, _ = _harness(client)
     kwargs: dict[str, Any] = {
-        "base_url": "http://127.0.0.1:1/v1", "model": "cand", "system_prompt": "  Classify.\n",
-        "few_shot": FEW_SHOT, "labels": LABELS,
+        "base_url": "http://127.0.0.1:1/v1",
+        "model": "cand",
+        "system_prompt": "  Classify.\n",
+        "few_shot": FEW_SHOT,
+        "labels": LABELS,
     }
     kwargs.update(overrides)
-    return harness.run(kwargs.pop("cases", CASES), **kwargs)
+    results: list[CaseResult] = harness.run(kwargs.pop("cases", CASES), **kwargs)
+    return results
 
 
 def _oracle(messages: list[dict[str, str]]) -> str:
@@ -114,7 +128,8 @@ def test_request_format_is_the_targets_contract() -> None:
 
 def _load_classify(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     spec = importlib.util.spec_from_file_location("example_classify", CLASSIFY)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # dataclasses resolve string annotations through sys.modules while the module loads.
     monkeypatch.setitem(sys.modules, "example_classify", module)
@@ -126,7 +141,10 @@ def test_messages_match_the_example_targets_classify_py(monkeypatch: pytest.Monk
     if not CLASSIFY.is_file():
         pytest.skip("the example target is not in this checkout")
     classify = _load_classify(monkeypatch)
-    shots = [{"input": "Refund please", "expected": "billing"}, {"input": "Add dark mode", "expected": "feature"}]
+    shots = [
+        {"input": "Refund please", "expected": "billing"},
+        {"input": "Add dark mode", "expected": "feature"},
+    ]
     theirs = classify.build_messages(
         "  a ticket \n", " The prompt.\n", [classify.FewShotExample(**s) for s in shots]
     )
@@ -140,7 +158,8 @@ def test_scores_and_keeps_order_and_metadata() -> None:
     assert [r.case_id for r in results] == ["c1", "c2", "c3"]
     assert [r.score for r in results] == [1.0, 1.0, 0.0]
     assert [r.output for r in results] == ["billing", "bug", "feature"]
-    assert results[2].split == "hidden" and results[2].slices == ("account",)
+    assert results[2].split == "hidden"
+    assert results[2].slices == ("account",)
     assert all(r.error is None and r.latency_s > 0 for r in results)
 
 
@@ -154,10 +173,15 @@ def test_one_failing_case_is_a_value_and_the_rest_still_run() -> None:
 
     results = _run(FakeClient(reply))
     ok, timed_out, empty = results
-    assert ok.score == 1.0 and ok.error is None
-    assert math.isnan(timed_out.score) and timed_out.output is None
-    assert timed_out.error is not None and "TimeoutError: read timed out" in timed_out.error
-    assert math.isnan(empty.score) and empty.error is not None and "empty" in empty.error
+    assert ok.score == 1.0
+    assert ok.error is None
+    assert math.isnan(timed_out.score)
+    assert timed_out.output is None
+    assert timed_out.error is not None
+    assert "TimeoutError: read timed out" in timed_out.error
+    assert math.isnan(empty.score)
+    assert empty.error is not None
+    assert "empty" in empty.error
 
 
 def test_a_reply_outside_the_labels_is_wrong_not_an_error() -> None:
@@ -192,8 +216,15 @@ def test_concurrency_is_bounded() -> None:
 def test_client_factory_gets_url_and_timeout() -> None:
     client = FakeClient(_oracle)
     harness, made = _harness(client)
-    harness.run(CASES[:1], base_url="http://127.0.0.1:9/v1", model="m", system_prompt="p",
-                few_shot=[], labels=LABELS, timeout_s=7)
+    harness.run(
+        CASES[:1],
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        system_prompt="p",
+        few_shot=[],
+        labels=LABELS,
+        timeout_s=7,
+    )
     assert made == [("http://127.0.0.1:9/v1", 7)]
     assert client.calls[0]["timeout"] == 7
 
@@ -212,6 +243,18 @@ def test_bad_few_shot_is_refused_before_any_request(few_shot: list[dict[str, Any
     with pytest.raises(EvalError, match="few_shot"):
         _run(client, few_shot=few_shot)
     assert client.calls == []
+
+
+def test_the_real_client_is_refused_in_the_unit_tier() -> None:
+    with pytest.raises(ModelRequestsForbiddenError, match="forbidden"):
+        ChatChoiceHarness().run(
+            CASES,
+            base_url="http://127.0.0.1:9/v1",
+            model="m",
+            system_prompt="p",
+            few_shot=[],
+            labels=LABELS,
+        )
 
 
 def test_misuse_raises() -> None:

@@ -13,9 +13,13 @@ from upgate.sandboxes.base import ExecResult
 
 def test_registry_knows_the_scorers_and_names_them_on_a_miss() -> None:
     assert set(scorer_names()) >= {
-        "exact_match", "numeric_tolerance", "json_schema", "pytest_pass", "latency"
+        "exact_match",
+        "numeric_tolerance",
+        "json_schema",
+        "pytest_pass",
+        "latency",
     }
-    with pytest.raises(EvalError, match="unknown scorer 'llm_judge'.*exact_match"):
+    with pytest.raises(EvalError, match=r"unknown scorer 'llm_judge'.*exact_match"):
         get_scorer("llm_judge")
 
 

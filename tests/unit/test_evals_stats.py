@@ -22,8 +22,14 @@ def r(
     error: str | None = None,
 ) -> CaseResult:
     return CaseResult(
-        case_id=cid, split=split, slices=slices, output=None if error else "x", score=score,
-        latency_s=0.1, error=error, repeat=repeat,
+        case_id=cid,
+        split=split,
+        slices=slices,
+        output=None if error else "x",
+        score=score,
+        latency_s=0.1,
+        error=error,
+        repeat=repeat,
     )
 
 
@@ -101,12 +107,16 @@ def test_repeats_are_averaged_per_case_before_resampling() -> None:
 
 def test_per_slice_and_per_split() -> None:
     base = [
-        r("a1", 0.0, ("billing",), "visible"), r("a2", 0.0, ("billing", "short"), "hidden"),
-        r("b1", 1.0, ("bug",), "visible"), r("b2", 1.0, ("bug", "short"), "hidden"),
+        r("a1", 0.0, ("billing",), "visible"),
+        r("a2", 0.0, ("billing", "short"), "hidden"),
+        r("b1", 1.0, ("bug",), "visible"),
+        r("b2", 1.0, ("bug", "short"), "hidden"),
     ]
     cand = [
-        r("a1", 1.0, ("billing",), "visible"), r("a2", 1.0, ("billing", "short"), "hidden"),
-        r("b1", 1.0, ("bug",), "visible"), r("b2", 0.0, ("bug", "short"), "hidden"),
+        r("a1", 1.0, ("billing",), "visible"),
+        r("a2", 1.0, ("billing", "short"), "hidden"),
+        r("b1", 1.0, ("bug",), "visible"),
+        r("b2", 0.0, ("bug", "short"), "hidden"),
     ]
     c = compare(base, cand)
     assert set(c.per_slice) == {"billing", "bug", "short"}
@@ -170,7 +180,8 @@ def test_pairing_narrows_the_interval_on_correlated_scores() -> None:
     c = compare(base, cand)
     # Unpaired, a 0.02 gain on scores spread over 0.8 would be lost in the noise.
     assert c.overall.delta == pytest.approx(0.02)
-    assert c.overall.ci_low == pytest.approx(0.02) and c.overall.ci_high == pytest.approx(0.02)
+    assert c.overall.ci_low == pytest.approx(0.02)
+    assert c.overall.ci_high == pytest.approx(0.02)
 
 
 def test_misuse_raises() -> None:

@@ -1,0 +1,48 @@
+"""The real tier: a real Docker engine, a real vLLM server, real SQLite, real git.
+
+`make test-real` starts dockerd and the vLLM server first; run alone, these tests skip with
+the reason when a part is missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+VLLM_ROOT = os.environ.get("UPGATE_VLLM_ROOT", "http://127.0.0.1:8011")
+
+
+def vllm_up() -> bool:
+    """Whether the vLLM server answers /health."""
+    try:
+        return httpx.get(f"{VLLM_ROOT}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def docker_up() -> bool:
+    """Whether a Docker engine answers."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def vllm_root() -> str:
+    """The vLLM server's root URL, or skip."""
+    if not vllm_up():
+        pytest.skip(f"no vLLM server at {VLLM_ROOT} (start it with `make vllm`)")
+    return VLLM_ROOT
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """Skip unless a Docker engine answers."""
+    if not docker_up():
+        pytest.skip("no Docker engine answers (start it with `make docker`)")

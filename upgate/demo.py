@@ -1,0 +1,100 @@
+"""`make demo`: one governed upgrade cycle on the bundled example target, on real parts.
+
+It lays out a demo folder (the example target as a fresh git repository, a config pointing
+the agents at the local vLLM server, two people), runs one cycle, and stops at the human
+approval, printing exactly how to approve or reject.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from upgate.app import build_deps
+from upgate.approvals import add_person
+from upgate.config import load_settings
+from upgate.graphs.runner import Runner
+
+console = Console()
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
+    """Create (or reuse) the demo folder; returns its config file."""
+    target = root / "ticket-triage"
+    if not (target / ".git").exists():
+        shutil.copytree(REPO / "examples" / "ticket-triage", target,
+                        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        _git(target, "init", "-q", "-b", "main")
+        _git(target, "add", "-A")
+        _git(target, "-c", "user.name=upgate demo", "-c", "user.email=demo@localhost",
+             "commit", "-qm", "ticket-triage: initial version")
+    shutil.copy(REPO / "examples" / "policy.toml", root / "policy.toml")
+    model_dir = REPO / ".cache" / "models" / "smollm2-135m-instruct"
+    endpoint = f"http://127.0.0.1:{port}"
+    agents = "".join(
+        f'\n[agents.{name}]\nbase_url = "{endpoint}/v1"\nmodel = "smollm2"\n'
+        f"output_retries = 2\nmax_tokens = 400\n"
+        for name in ("proposer", "coder", "critic")
+    )
+    config = root / "upgate.toml"
+    config.write_text(
+        "# Written by `make demo`: the example target, served by the local vLLM server.\n"
+        'state_dir = "state"\npolicy = "policy.toml"\noperator = "alice"\n\n'
+        f'[target]\npath = "ticket-triage"\nsuite = "{REPO / "examples/suites/ticket-triage"}"\n\n'
+        f'[serving]\nbase_url = "{endpoint}"\nbase_model_path = "{model_dir}"\n\n'
+        f'[sandbox]\ntype = "{sandbox}"\n{agents}'
+    )
+    return config
+
+
+def main() -> None:
+    """Run the demo."""
+    root = Path(os.environ.get("UPGATE_DEMO_DIR", REPO / ".upgate-demo")).resolve()
+    port = int(os.environ.get("UPGATE_VLLM_PORT", "8011"))
+    root.mkdir(parents=True, exist_ok=True)
+    config = layout(root, port=port)
+    settings = load_settings(config)
+    runner = Runner(build_deps(settings))
+    tokens = root / "tokens"
+    tokens.mkdir(exist_ok=True)
+    for person in ("alice", "bob"):
+        if not (tokens / person).exists():
+            (tokens / person).write_text(add_person(runner.deps.store, person))
+            (tokens / person).chmod(0o600)
+    console.print(f"[bold]upgate demo[/bold] in {root}")
+    console.print("  target: ticket-triage (a support-ticket router served by vLLM as 'triage')")
+    console.print("  people: alice requests, bob approves (tokens in tokens/)\n")
+
+    from upgate.cli import _finish, _progress
+
+    with console.status("running one cycle: evaluate, propose, train in the sandbox, "
+                        "critique (a few minutes on a CPU)"):
+        state = runner.start("alice", progress=_progress)
+    _finish(state, runner)
+    cycle = state.get("cycle_id", "")
+    up = f"{sys.executable} -m upgate.cli"
+    if state.get("outcome") == "awaiting_approval":
+        console.print("\n[bold]To approve it as bob (this swaps the served model):[/bold]")
+        console.print(f"  UPGATE_TOKEN=$(cat {tokens}/bob) {up} approve {cycle} --as bob "
+                      f"--config {config}", highlight=False, soft_wrap=True)
+        console.print("[bold]To reject it:[/bold]")
+        console.print(f"  UPGATE_TOKEN=$(cat {tokens}/bob) {up} reject {cycle} --as bob "
+                      f"--reason 'why' --config {config}", highlight=False, soft_wrap=True)
+    console.print("[bold]Then:[/bold]")
+    console.print(f"  {up} history {cycle} --config {config}", highlight=False, soft_wrap=True)
+    console.print(f"  {up} verify --config {config}", highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()
