@@ -123,7 +123,7 @@ image: venv docker
 	@$(PY) -m pip wheel -q --disable-pip-version-check --wheel-dir $(WHEELHOUSE) $(ROOT)
 	@if [[ "$(IMAGE_BASE)" == upgate-sandbox-base:* ]]; then bash $(SCRIPTS)/build_base_image.sh; fi
 	$(call say,"docker build $(IMAGE_TAG) from $(IMAGE_BASE)")
-	@cd $(ROOT) && docker build -q --build-arg BASE_IMAGE=$(IMAGE_BASE) -t $(IMAGE_TAG) .
+	@cd $(ROOT) && docker build --build-arg BASE_IMAGE=$(IMAGE_BASE) -t $(IMAGE_TAG) .
 	@docker run --rm $(IMAGE_TAG) --help >/dev/null && echo "$(IMAGE_TAG): 'upgate --help' runs"
 
 stop:

@@ -14,6 +14,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from upgate.approvals import add_person, authenticate
+from upgate.cli_critique import critique_command
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
 from upgate.errors import UpgateError
@@ -30,6 +31,7 @@ person_app = typer.Typer(help="People who may request and approve changes.",
                          no_args_is_help=True)
 app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
+app.command("critique")(critique_command)
 
 console = Console()
 err = Console(stderr=True)
