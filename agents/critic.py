@@ -28,7 +28,7 @@ from upgate.evals.detectors import Finding, run_detectors
 from upgate.evals.evidence import CandidateSummary, Check, EvidencePacket, RunSummary
 from upgate.evals.harness import CaseResult, ChatChoiceHarness
 from upgate.evals.stats import Comparison, compare, non_regression
-from upgate.evals.suite import Case, Suite
+from upgate.evals.suite import Case, Suite, load_suite
 from upgate.graphs.state import Candidate, ModelRef, Proposal, Verdict
 from upgate.policy import Policy
 from upgate.prompts import load_prompt
@@ -64,6 +64,8 @@ class CriticContext:
     retries: int
     versions: dict[str, Any]
     cycle_id: str
+    suite_path: Path | None = None
+    """Re-read after the runs: a suite that changed on disk meanwhile blocks the verdict."""
     test_timeout_s: float = 600.0
 
 
@@ -160,8 +162,9 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
         findings = run_detectors(
             diff=candidate.diff, protected_patterns=policy.all_protected(),
             cases=literal_cases, comparison=comparison, candidate_results=cand_results,
-            suite_hash_before=str(ctx.versions.get("suite_hash", "")),
-            suite_hash_after=ctx.suite.content_hash,
+            suite_hash_before=str(ctx.versions.get("suite_hash") or ctx.suite.content_hash),
+            suite_hash_after=(load_suite(ctx.suite_path).content_hash if ctx.suite_path
+                              else ctx.suite.content_hash),
         )
         blocks = [f for f in findings if f.triggered and f.severity == "block"]
         for f in blocks:

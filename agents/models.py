@@ -2,7 +2,7 @@
 
 Agents reach models only through an OpenAI-compatible endpoint (vLLM or any other), set per
 agent by configuration. Tests of logic use `upgate.agents.testing.ScriptedChatModel`; the
-unit tier switches `ALLOW_MODEL_REQUESTS` off so a real request there fails loudly.
+unit tier switches `upgate.guard.ALLOW_MODEL_REQUESTS` off so a real request there fails loudly.
 """
 
 from __future__ import annotations
@@ -14,21 +14,15 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from upgate.config import EndpointConfig
-from upgate.errors import ModelRequestsForbiddenError
+from upgate.guard import check_model_requests
 
 log = logging.getLogger(__name__)
 
-ALLOW_MODEL_REQUESTS = True
-"""Set to False (the unit test tier does) to forbid building clients for real endpoints."""
 
 
 def chat_model(endpoint: EndpointConfig) -> BaseChatModel:
     """A chat model bound to one configured endpoint."""
-    if not ALLOW_MODEL_REQUESTS:
-        raise ModelRequestsForbiddenError(
-            f"real model requests are forbidden here (endpoint {endpoint.base_url}); "
-            "use upgate.agents.testing.ScriptedChatModel in unit tests"
-        )
+    check_model_requests(endpoint.base_url, "use upgate.agents.testing.ScriptedChatModel")
     return ChatOpenAI(
         base_url=endpoint.base_url,
         model=endpoint.model,

@@ -25,9 +25,10 @@ from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from upgate.errors import EvalError, ModelRequestsForbiddenError
+from upgate.errors import EvalError
 from upgate.evals.scorers import get_scorer
 from upgate.evals.suite import Case, Split
+from upgate.guard import check_model_requests
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,7 @@ def openai_client_factory(base_url: str, timeout_s: float) -> ChatClient:
     from openai import OpenAI
 
     # The same switch the agents obey: the unit tier turns real requests off.
-    from upgate.agents import models
-
-    if not models.ALLOW_MODEL_REQUESTS:
-        raise ModelRequestsForbiddenError(
-            f"real model requests are forbidden here (endpoint {base_url}); "
-            "give ChatChoiceHarness a scripted client factory in unit tests"
-        )
+    check_model_requests(base_url, "give ChatChoiceHarness a scripted client factory")
 
     # No retries: a retried request hides failures and skews the latency we measure.
     client = OpenAI(base_url=base_url, api_key="not-needed", timeout=timeout_s, max_retries=0)

@@ -191,7 +191,7 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
             serving_url=deps.settings.serving.openai_url, admin=deps.admin, model=deps.critic,
             made_by=model_ref(deps, "critic"),
             retries=deps.settings.agents.critic.output_retries, versions=versions(deps),
-            cycle_id=state["cycle_id"],
+            cycle_id=state["cycle_id"], suite_path=deps.settings.target.suite,
         )
         try:
             verdict = critique(proposal, candidate, ctx)

@@ -106,7 +106,7 @@ def _critique(target: Path | None, candidate: str, suite: Path | None, as_json: 
             serving_url=settings.serving.openai_url, admin=deps.admin, model=deps.critic,
             made_by=model_ref(deps, "critic"),
             retries=settings.agents.critic.output_retries, versions=versions(deps),
-            cycle_id=cycle_id,
+            cycle_id=cycle_id, suite_path=settings.target.suite,
         )
         verdict = critique(proposal, cand, ctx)
     folder = settings.state_dir / "evidence" / cycle_id

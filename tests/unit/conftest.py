@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from upgate.agents import models
+from upgate import guard
 
 
 @pytest.fixture(autouse=True)
 def _forbid_model_requests() -> Iterator[None]:
-    models.ALLOW_MODEL_REQUESTS = False
+    guard.ALLOW_MODEL_REQUESTS = False
     yield
-    models.ALLOW_MODEL_REQUESTS = True
+    guard.ALLOW_MODEL_REQUESTS = True
