@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,8 +26,10 @@ from upgate.agents.recipes.catalog import PROMPT_VARIANTS
 from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.errors import SandboxError
+from upgate.evals.diffparse import parse_diff, touched_paths
 from upgate.graphs.state import Artifact, Candidate, ModelRef, Proposal
 from upgate.hashing import sha256_tree
+from upgate.policy import UNPARSEABLE_PATH
 from upgate.prompts import load_prompt
 from upgate.sandboxes.base import ExecResult, Mount, Sandbox
 
@@ -37,14 +38,16 @@ log = logging.getLogger(__name__)
 SandboxFactory = Callable[[list[Mount]], Sandbox]
 """Makes a (not yet started) sandbox with the given mounts."""
 
-_DIFF_PATH = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.MULTILINE)
-
-
 def changed_paths(diff: str) -> tuple[str, ...]:
-    """Every path a git diff touches (both sides of renames)."""
-    paths: set[str] = set()
-    for a, b in _DIFF_PATH.findall(diff):
-        paths.update((a, b))
+    """Every path a diff touches (both sides of renames, quoted names included).
+
+    An entry whose paths cannot be read counts as UNPARSEABLE_PATH, which every policy
+    protects: a diff upgate cannot read is never waved through.
+    """
+    files = parse_diff(diff)
+    paths = set(touched_paths(files))
+    if any(not f.paths for f in files):
+        paths.add(UNPARSEABLE_PATH)
     return tuple(sorted(paths))
 
 

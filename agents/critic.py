@@ -20,6 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
+from upgate.agents.coder import changed_paths
 from upgate.agents.probes import metamorphic_probes, model_probes, summarise
 from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
@@ -125,7 +126,8 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
     checks: list[dict[str, Any]] = []
     reasons: list[str] = []
     policy = ctx.policy
-    hits = policy.protected_hits(list(candidate.changed_paths))
+    # Paths come from the diff itself, not from what the candidate claims it touched.
+    hits = policy.protected_hits(list(changed_paths(candidate.diff)))
     checks.append({"name": "protected_paths", "passed": not hits,
                    "detail": ", ".join(hits) or "no protected path touched"})
     diff_lines = candidate.diff.count("\n")

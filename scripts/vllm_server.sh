@@ -82,6 +82,9 @@ cmd_start() {
         # to start ("Available memory on node 0 ... is less than desired").
         --gpu-memory-utilization 0.1
         --enable-lora --max-lora-rank 16 --max-loras 4
+        # JSON under a schema without free whitespace: a small model otherwise pads
+        # structured output with blank lines until it hits the token limit.
+        --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'
         --host "$HOST" --port "$PORT"
     )
     if [[ -f "$ADAPTER_DIR/adapter_config.json" ]]; then

@@ -122,10 +122,19 @@ def check_decision(
                 f"(approvers: {', '.join(approvers)})"
             )
     ttl = timedelta(hours=ttl_hours)
-    issued = datetime.fromisoformat(decision.issued_at)
-    if now - issued > ttl or issued - now > timedelta(minutes=5):
+    skew = timedelta(minutes=5)
+    try:
+        issued = datetime.fromisoformat(decision.issued_at)
+        requested = datetime.fromisoformat(requested_at)
+    except ValueError as exc:
+        raise ApprovalError(f"unreadable timestamp in the decision: {exc}") from exc
+    if issued.tzinfo is None or requested.tzinfo is None:
+        raise ApprovalError("decision timestamps must carry a timezone")
+    if now - issued > ttl or issued - now > skew:
         raise ApprovalError("the decision is stale (issued outside the approval window)")
-    if now - datetime.fromisoformat(requested_at) > ttl:
+    if issued < requested - skew:
+        raise ApprovalError("the decision was issued before the approval request existed")
+    if now - requested > ttl:
         raise ApprovalError(
             "the approval request expired; run the critique again with `upgate resume`"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -121,7 +122,8 @@ def _guard(fn: Any) -> Any:
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
-    wrapper.__signature__ = __import__("inspect").signature(fn)  # type: ignore[attr-defined]
+    # eval_str: this module uses postponed annotations; typer needs the real Annotated types.
+    wrapper.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -261,8 +263,10 @@ def person_add(name: str, config: ConfigOpt = None) -> None:
     """Register a person (or rotate their token); prints the token once."""
     settings = _settings(config)
     store = Store(settings.state_dir / "state.sqlite")
+    existed = store.token_hash(name) is not None
     token = add_person(store, name)
-    open_ledger(settings.state_dir).append("admin", "person", "added", {"name": name})
+    open_ledger(settings.state_dir).append("admin", "person", "rotated" if existed else "added",
+                                           {"name": name})
     console.print(f"{name}: token {token}", highlight=False)
     console.print("Keep it secret; pass it as --token or UPGATE_TOKEN.")
 

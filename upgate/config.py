@@ -204,6 +204,15 @@ class TargetManifest(BaseModel):
     sandbox_setup: str | None = None
 
 
+_MANIFEST_KEYS: dict[str, tuple[str, ...]] = {
+    "target": ("name", "description", "test_command", "sandbox_setup"),
+    "model": ("alias", "base_model"),
+    "prompt": ("file", "config_file", "labels"),
+    "eval": ("suite",),
+    "recipes": ("allowed",),
+}
+
+
 def load_manifest(target_path: Path) -> TargetManifest:
     """Read the target's manifest; a missing or bad one says what to add."""
     path = target_path / TARGET_MANIFEST
@@ -216,6 +225,17 @@ def load_manifest(target_path: Path) -> TargetManifest:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = [
+        f"{section}.{key}" if isinstance(body, dict) else f"[{section}]"
+        for section, body in raw.items()
+        for key in (body if isinstance(body, dict) else [None])
+        if section not in _MANIFEST_KEYS or (key is not None and key not in _MANIFEST_KEYS[section])
+    ]
+    if unknown:
+        raise ConfigError(
+            f"{path} has unknown keys: {', '.join(unknown)}. Known: "
+            + "; ".join(f"[{s}] {', '.join(k)}" for s, k in _MANIFEST_KEYS.items())
+        )
     flat: dict[str, Any] = {}
     target = raw.get("target", {})
     flat.update({k: target[k] for k in ("name", "test_command", "sandbox_setup") if k in target})

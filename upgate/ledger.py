@@ -43,6 +43,9 @@ CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_replace BEFORE INSERT ON ledger
+WHEN EXISTS (SELECT 1 FROM ledger WHERE seq = NEW.seq OR key = NEW.key)
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 """
 
 
@@ -146,6 +149,9 @@ class Ledger:
         tmp.write_text(f"{seq} {digest}\n")
         tmp.replace(self.head_path)
 
+    def _check_head(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        return _check_head_rows(self.head_path, rows)
+
     def entries(self, cycle_id: str | None = None) -> list[Entry]:
         """All entries in order, or those of one cycle."""
         if cycle_id is None:
@@ -187,20 +193,31 @@ class Ledger:
                 problems.append(f"entry {seq} was edited (its hash does not match its content)")
             prev = digest
             expected_seq = seq + 1
-        if self.head_path.exists():
-            head_seq_s, _, head_hash = self.head_path.read_text().strip().partition(" ")
-            head_seq = int(head_seq_s)
-            last_seq = rows[-1][0] if rows else 0
-            if head_seq > last_seq:
-                problems.append(
-                    f"entries {last_seq + 1}..{head_seq} were dropped from the end "
-                    "(the head file records more)"
-                )
-            elif rows and head_seq == last_seq and head_hash != rows[-1][8]:
-                problems.append(f"the newest entry {last_seq} differs from the recorded head")
-        elif rows:
-            problems.append(f"the head file {self.head_path.name} is missing")
+        problems.extend(self._check_head(rows))
         return VerifyReport(ok=not problems, entries=len(rows), problems=problems)
+
+
+def _check_head_rows(head_path: Path, rows: list[tuple[Any, ...]]) -> list[str]:
+    """Compare the chain with the head file written at every append."""
+    if not head_path.exists():
+        return [f"the head file {head_path.name} is missing"] if rows else []
+    parts = head_path.read_text().split()
+    if len(parts) != 2 or not parts[0].isdigit():
+        return [f"the head file {head_path.name} is unreadable"]
+    head_seq, head_hash = int(parts[0]), parts[1]
+    last_seq = rows[-1][0] if rows else 0
+    problems: list[str] = []
+    if head_seq > last_seq:
+        problems.append(
+            f"entries {last_seq + 1}..{head_seq} were dropped from the end "
+            "(the head file records more)"
+        )
+    elif head_seq < last_seq:
+        problems.append(f"entries {head_seq + 1}..{last_seq} were added outside upgate")
+    by_seq = {r[0]: r[8] for r in rows}
+    if head_seq in by_seq and by_seq[head_seq] != head_hash:
+        problems.append(f"the newest entry {head_seq} differs from the recorded head")
+    return problems
 
 
 def _row_to_entry(row: tuple[Any, ...]) -> Entry:

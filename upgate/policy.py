@@ -19,7 +19,11 @@ from upgate.hashing import sha256_text
 ChangeKind = Literal["code", "prompt", "config", "model"]
 CheckName = Literal["protected_paths", "tests", "eval", "detectors"]
 
+UNPARSEABLE_PATH = "<unparseable diff entry>"
+"""What a diff entry whose paths cannot be read counts as; always protected."""
+
 ALWAYS_PROTECTED: tuple[str, ...] = (
+    UNPARSEABLE_PATH,
     "upgate-target.toml",
     ".upgate/**",
     ".git/**",

@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-examples", type=int, default=0, help="use the first N (0: all)")
     parser.add_argument("--max-length", type=int, default=512, help="longest chat in tokens")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="compute precision; the adapter is saved in float32 either way",
+    )
     args = parser.parse_args(argv)
     checks = [
         (args.rank >= 1, "--rank must be at least 1"),
@@ -177,13 +183,35 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, Any]:
     }
 
 
-def answer_loss(logits: Any, labels: Any) -> Any:
-    """Mean cross-entropy over the answer tokens (position t predicts token t+1)."""
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean cross-entropy over the answer tokens (position t predicts token t+1).
+
+    The output layer runs only on the few positions that predict an answer token: with a
+    49k-token vocabulary, running it on every position costs a fifth of each step for nothing.
+    """
     import torch
 
-    shifted = logits[:, :-1, :].reshape(-1, logits.shape[-1])
-    targets = labels[:, 1:].reshape(-1)
-    return torch.nn.functional.cross_entropy(shifted.float(), targets, ignore_index=IGNORE_INDEX)
+    causal = model.get_base_model()
+    hidden = causal.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = causal.get_output_embeddings()(hidden[:, :-1, :][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether to compute in bfloat16: asked for, or "auto" on a CPU with native bf16."""
+    if precision != "auto":
+        return precision == "bf16"
+    import torch
+
+    try:
+        # bf16 is ~2x faster where the CPU has it (AMX, AVX512-BF16) and far slower where not
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -231,6 +259,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     order_rng = random.Random(args.seed)
+    bf16 = use_bf16(args.precision)
 
     final_loss = math.nan
     for epoch in range(1, args.epochs + 1):
@@ -240,8 +269,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         total, steps = 0.0, 0
         for start in range(0, len(order), args.batch_size):
             batch = collate([examples[i] for i in order[start : start + args.batch_size]], pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = answer_loss(logits, batch["labels"])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = answer_loss(model, batch)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"loss became {value} at epoch {epoch}; lower --lr")
@@ -282,6 +311,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr,
             "batch_size": args.batch_size,
             "seed": args.seed,
+            "precision": "bf16" if bf16 else "fp32",
             "target_modules": list(TARGET_MODULES),
         },
         "seconds": round(time.monotonic() - started, 2),

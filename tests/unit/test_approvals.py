@@ -96,7 +96,7 @@ def test_an_unknown_person_is_refused_and_told_how_to_register(store: Store) -> 
 @pytest.mark.parametrize("token", [None, ""])
 def test_a_missing_token_is_refused(store: Store, token: str | None) -> None:
     add_person(store, "bob")
-    with pytest.raises(ApprovalError, match="no token for 'bob'.*UPGATE_TOKEN"):
+    with pytest.raises(ApprovalError, match=r"no token for 'bob'.*UPGATE_TOKEN"):
         authenticate(store, "bob", token)
 
 
@@ -254,7 +254,14 @@ def test_a_stale_decision_is_refused(key: bytes, age: timedelta) -> None:
 
 
 def test_a_decision_just_inside_the_window_passes(key: bytes) -> None:
-    check(decision(key, issued_at=(NOW - timedelta(hours=23, minutes=59)).isoformat()), key)
+    check(decision(key, issued_at=(NOW - timedelta(hours=23, minutes=59)).isoformat()), key,
+          requested_at=(NOW - timedelta(hours=23, minutes=59, seconds=30)).isoformat())
+
+
+def test_a_decision_issued_before_its_request_is_refused(key: bytes) -> None:
+    with pytest.raises(ApprovalError, match="before the approval request"):
+        check(decision(key, issued_at=(NOW - timedelta(hours=2)).isoformat()), key,
+              requested_at=(NOW - timedelta(hours=1)).isoformat())
 
 
 def test_a_short_ttl_makes_a_ten_minute_old_decision_stale(key: bytes) -> None:

@@ -21,14 +21,8 @@ from upgate.graphs.runner import Runner
 from upgate.ledger import open_ledger
 from upgate.store import Store
 
-CLI_OPTIONS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: upgate.cli._guard copies inspect.signature(fn) with unevaluated string "
-    "annotations, so typer loses the Annotated options: --as/--token become positional "
-    "or vanish and --config fails with PydanticUserError",
-)
 HOW = [pytest.param("env", id="UPGATE_CONFIG"),
-       pytest.param("option", id="--config", marks=CLI_OPTIONS_BUG)]
+       pytest.param("option", id="--config")]
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +132,6 @@ def test_person_add_refuses_a_bad_name_and_records_nothing(
         ledger.close()
 
 
-@CLI_OPTIONS_BUG
 @pytest.mark.usefixtures("scripted_runner")
 @pytest.mark.parametrize("how", ["env", "option"])
 @pytest.mark.parametrize(("as_", "token", "why"), [
@@ -165,7 +158,6 @@ def test_approve_with_a_bad_token_exits_2_and_changes_nothing(
     assert ok.exit_code == 2 and "not waiting for a decision" in text(ok), ok.output
 
 
-@CLI_OPTIONS_BUG
 @pytest.mark.usefixtures("scripted_runner")
 def test_approve_takes_the_token_from_the_option(workdir: Path) -> None:
     bob = add(workdir, "bob")
@@ -186,12 +178,17 @@ def test_history_on_an_empty_state_prints_a_table(tmp_path: Path, how: str) -> N
     assert result.exit_code == 0, result.output
     for column in ("cycle", "outcome", "recipe", "entries", "started"):
         assert column in result.output
-    one = invoke(cfg, how, "history", "c-none")
+
+
+def test_history_of_an_unknown_cycle_prints_an_empty_table(tmp_path: Path) -> None:
+    from ..conftest import write_config
+
+    one = invoke(write_config(tmp_path), "env", "history", "c-none")
     assert one.exit_code == 0, one.output
     assert "seq" in one.output and "lineage" not in one.output
 
 
-def test_history_lists_cycles_and_their_entries(workdir: Path) -> None:
+def write_two_cycles(workdir: Path) -> None:
     ledger = open_ledger(workdir / "state")
     try:
         ledger.append("c1", "start", "started", {"requester": "alice"})
@@ -200,14 +197,21 @@ def test_history_lists_cycles_and_their_entries(workdir: Path) -> None:
         ledger.append("c2", "start", "started", {"requester": "alice"})
     finally:
         ledger.close()
-    cfg = workdir / "upgate.toml"
-    listing = invoke(cfg, "env", "history")
+
+
+def test_history_lists_cycles(workdir: Path) -> None:
+    write_two_cycles(workdir)
+    listing = invoke(workdir / "upgate.toml", "env", "history")
     assert listing.exit_code == 0, listing.output
     rows = {line.split("│")[1].strip(): line for line in listing.output.splitlines()
             if line.count("│") > 2}
     assert "rejected" in rows["c1"] and "few_shot" in rows["c1"]
     assert "(open)" in rows["c2"]
-    one = invoke(cfg, "env", "history", "c1")
+
+
+def test_history_of_a_cycle_lists_its_entries_and_lineage(workdir: Path) -> None:
+    write_two_cycles(workdir)
+    one = invoke(workdir / "upgate.toml", "env", "history", "c1")
     assert one.exit_code == 0, one.output
     assert "rejected" in one.output and "test@1+ab" in text(one)
 

@@ -199,7 +199,7 @@ def test_upgate_config_names_the_file(
     monkeypatch.setenv("UPGATE_CONFIG", str(cfg))
     assert find_config() == cfg
     monkeypatch.setenv("UPGATE_CONFIG", str(tmp_path / "gone.toml"))
-    with pytest.raises(ConfigError, match="gone.toml"):
+    with pytest.raises(ConfigError, match=r"gone\.toml"):
         find_config()
 
 
@@ -254,9 +254,6 @@ def test_a_manifest_with_a_wrongly_typed_value_is_named(tmp_path: Path) -> None:
         load_manifest(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_manifest copies only the keys it knows into "
-                   "TargetManifest, so its extra='forbid' never sees a misspelt key; "
-                   "[model] alais is silently dropped and the target serves no model")
 def test_a_misspelt_manifest_key_is_named(tmp_path: Path) -> None:
     (tmp_path / TARGET_MANIFEST).write_text(
         '[target]\nname = "t"\ntest_command = "true"\n[model]\nalais = "triage"\n')
