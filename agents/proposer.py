@@ -28,24 +28,26 @@ def draft_schema(recipes: tuple[str, ...]) -> type[BaseModel]:
     """The JSON schema the proposer must fill, with the allowed recipes as an enum."""
     if not recipes:
         raise ValueError("no recipes are allowed for this target")
+    # Typed as Any: these are runtime-built types for create_model, not annotations.
     recipe_type: Any = Literal[tuple(recipes)]
+    risk_type: Any = Literal["low", "medium", "high"]
+    epochs_type: Any = Literal[2, 3, 4]
+    rank_type: Any = Literal[8, 16]
+    lr_type: Any = Literal["2e-4", "5e-4", "1e-3"]
+    shots_type: Any = Literal[1, 2, 3]
+    variant_type: Any = Literal["definitions", "concise", "checklist"]
     model: type[BaseModel] = create_model(
         "ProposalDraft",
         __base__=_DraftBase,
         recipe=(recipe_type, ...),
         rationale=(str, Field(..., min_length=1, max_length=280)),
         expected_effect=(str, Field(..., min_length=1, max_length=140)),
-        risk=(Literal["low", "medium", "high"], ...),
-        epochs=(Literal[2, 3, 4], Field(..., description="lora_finetune: training epochs")),
-        rank=(Literal[8, 16], Field(..., description="lora_finetune: adapter rank")),
-        learning_rate=(
-            Literal["2e-4", "5e-4", "1e-3"], Field(..., description="lora_finetune: step size")
-        ),
-        examples_per_label=(Literal[1, 2, 3], Field(..., description="few_shot: examples")),
-        prompt_variant=(
-            Literal["definitions", "concise", "checklist"],
-            Field(..., description="prompt_variant: which template"),
-        ),
+        risk=(risk_type, ...),
+        epochs=(epochs_type, Field(..., description="lora_finetune: training epochs")),
+        rank=(rank_type, Field(..., description="lora_finetune: adapter rank")),
+        learning_rate=(lr_type, Field(..., description="lora_finetune: step size")),
+        examples_per_label=(shots_type, Field(..., description="few_shot: examples")),
+        prompt_variant=(variant_type, Field(..., description="prompt_variant: which template")),
     )
     return model
 

@@ -6,8 +6,9 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
 from upgate.approvals import sign
@@ -35,12 +36,14 @@ class Runner:
         self.checkpointer = checkpointer or sqlite_checkpointer(deps.state_dir)
         self.graph = compile_graph(self.checkpointer)
 
-    def _config(self, cycle_id: str) -> dict[str, Any]:
+    def _config(self, cycle_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": cycle_id}}
 
-    def _drive(self, cycle_id: str, payload: Any, progress: Progress | None) -> CycleState:
+    def _drive(self, cycle_id: str, payload: CycleState | Command[Any] | None,
+               progress: Progress | None) -> CycleState:
         for update in self.graph.stream(payload, self._config(cycle_id), context=self.deps,
                                         stream_mode="updates"):
+            assert isinstance(update, dict)
             for node, data in update.items():
                 if progress is not None and node != "__interrupt__":
                     progress(node, data or {})
@@ -93,7 +96,7 @@ class Runner:
     def state(self, cycle_id: str) -> CycleState:
         """The cycle's current state values."""
         values = self.graph.get_state(self._config(cycle_id)).values
-        return values  # type: ignore[no-any-return]
+        return cast(CycleState, values)
 
     def pending(self, cycle_id: str) -> dict[str, Any] | None:
         """The approval request a cycle waits on, if any."""

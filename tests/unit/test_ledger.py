@@ -21,7 +21,6 @@ from upgate.ledger import GENESIS, Ledger, entry_hash, open_ledger
 
 from ..conftest import write_config
 
-
 COLUMNS = ("seq", "at", "cycle_id", "node", "event", "key", "payload", "prev_hash", "hash")
 
 
