@@ -56,12 +56,43 @@ def _with_tree(deps: Deps) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="upgate-target-")
 
 
+def baseline_identity(deps: Deps) -> dict[str, str]:
+    """What the candidate is compared against: target commit, served version, suite."""
+    proc = subprocess.run(
+        ["git", "-C", str(deps.settings.target.path), "rev-parse",
+         deps.settings.target.base_branch], capture_output=True, text=True, check=False,
+    )
+    alias = deps.manifest.model_alias
+    active = deps.store.active_version(alias) if alias else None
+    return {
+        "commit": proc.stdout.strip(),
+        "model_version": active["version_name"] if active else "initial",
+        "suite": deps.suite.version_id,
+    }
+
+
+def exhausted_recipes(deps: Deps, baseline: dict[str, str]) -> dict[str, str]:
+    """Recipes the critic already rejected against this very baseline, with the reason.
+
+    Trying them again would repeat the same work for the same verdict; the proposer's
+    menu leaves them out until the baseline (commit, served model, suite) changes.
+    """
+    out: dict[str, str] = {}
+    for e in deps.ledger.entries():
+        p = e.payload
+        if (e.node == "record" and e.event == "rejected" and p.get("baseline") == baseline
+                and str(p.get("reason", "")).startswith("critic:") and p.get("recipe")):
+            out[str(p["recipe"])] = str(p["reason"])[:200]
+    return out
+
+
 def observe(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     """Gather evidence: baseline scores on the visible split, failing cases, history."""
     deps = runtime.context
     visible = deps.suite.split("visible")
     alias = deps.manifest.model_alias or deps.manifest.base_model or ""
-    evidence: dict[str, Any] = {"target": deps.manifest.name, "suite": deps.suite.version_id}
+    evidence: dict[str, Any] = {"target": deps.manifest.name, "suite": deps.suite.version_id,
+                                "baseline": baseline_identity(deps)}
     with _with_tree(deps) as tmp:
         tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
                            Path(tmp))
@@ -98,13 +129,22 @@ def observe(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
 def propose_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     """The proposer agent makes one typed proposal."""
     deps = runtime.context
-    allowed = tuple(r for r in deps.manifest.recipes if r in RECIPES) or tuple(RECIPES)
+    offered = tuple(r for r in deps.manifest.recipes if r in RECIPES) or tuple(RECIPES)
+    observation = state.get("observation", {})
+    exhausted = exhausted_recipes(deps, observation.get("baseline", {}))
+    allowed = tuple(r for r in offered if r not in exhausted)
     ref = model_ref(deps, "proposer")
+    if not allowed:
+        reason = ("every recipe the target offers was already rejected by the critic against "
+                  "this baseline: " + "; ".join(f"{k}: {v}" for k, v in exhausted.items()))
+        _record(deps, state, "propose", "exhausted", {"reason": reason})
+        return {"outcome": "blocked", "reason": reason}
+    observation = {**observation, "already_rejected_here": exhausted}
     try:
         proposal = propose(
             deps.proposer, proposal_id=f"{state['cycle_id']}-p1", target=deps.manifest.name,
-            recipes=allowed, evidence=state.get("observation", {}),
-            history=state.get("observation", {}).get("history", []), made_by=ref,
+            recipes=allowed, evidence=observation,
+            history=observation.get("history", []), made_by=ref,
             retries=deps.settings.agents.proposer.output_retries,
         )
     except AgentOutputError as exc:
@@ -445,6 +485,7 @@ def record(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     _record(deps, state, "record", state.get("outcome", "failed"), {
         "outcome": state.get("outcome"), "reason": state.get("reason", ""),
         "recipe": proposal.get("recipe"), "kind": proposal.get("kind"),
+        "baseline": (state.get("observation") or {}).get("baseline"),
         "versions": versions(deps), "deployment": state.get("deployment"),
     })
     return {}

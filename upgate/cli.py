@@ -143,6 +143,32 @@ def run(config: ConfigOpt = None, as_: AsOpt = "", token: TokenOpt = None) -> No
 
 @app.command()
 @_guard
+def batch(
+    config: ConfigOpt = None, as_: AsOpt = "", token: TokenOpt = None,
+    max_cycles: Annotated[int, typer.Option(min=1, help="Stop after this many cycles.")] = 5,
+    max_pending: Annotated[int, typer.Option(
+        min=1, help="Pause when this many approvals wait in the inbox.")] = 1,
+    pause_after_failures: Annotated[int | None, typer.Option(
+        min=1, help="Pause after this many setbacks in a row (default: the policy's).")] = None,
+) -> None:
+    """Run cycles autonomously until a pause threshold is reached."""
+    settings = _settings(config)
+    runner = _runner(settings)
+    requester = authenticate(runner.deps.store, as_ or settings.operator, token)
+    console.print(f"[bold]upgate batch[/bold] on {runner.deps.manifest.name} for {requester}")
+
+    def show(state: CycleState) -> None:
+        _finish(state, runner)
+
+    with console.status("running cycles"):
+        report = runner.batch(requester, max_cycles=max_cycles, max_pending=max_pending,
+                              pause_after_failures=pause_after_failures, progress=_progress,
+                              on_cycle=show)
+    console.print(f"\nbatch: {len(report.cycles)} cycle(s), {report.stopped_because}")
+
+
+@app.command()
+@_guard
 def resume(cycle: Annotated[str | None, typer.Argument()] = None,
            config: ConfigOpt = None) -> None:
     """Continue a cycle (or every unfinished one) from its last checkpoint."""

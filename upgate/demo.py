@@ -78,11 +78,17 @@ def main() -> None:
 
     from upgate.cli import _finish, _progress
 
-    with console.status("running one cycle: evaluate, propose, train in the sandbox, "
-                        "critique (a few minutes on a CPU)"):
-        state = runner.start("alice", progress=_progress)
-    _finish(state, runner)
-    cycle = state.get("cycle_id", "")
+    # An autonomous batch that pauses at the first approval request: a recipe the critic
+    # rejects is recorded and left out of the next proposal against the same baseline.
+    with console.status("running cycles: evaluate, propose, build in the sandbox, "
+                        "critique (minutes on a CPU)"):
+        report = runner.batch("alice", max_cycles=4, max_pending=1, pause_after_failures=4,
+                              progress=_progress, on_cycle=lambda st: _finish(st, runner))
+    console.print(f"\nbatch: {report.stopped_because}")
+    if not report.cycles:
+        return
+    cycle = report.cycles[-1]
+    state = runner.state(cycle)
     up = f"{sys.executable} -m upgate.cli"
     if state.get("outcome") == "awaiting_approval":
         console.print("\n[bold]To approve it as bob (this swaps the served model):[/bold]")
