@@ -50,20 +50,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def host_test_seconds(ws: Workspace, runs: int = 3) -> float:
-    """Median time of the target's own test command, run once per try in a plain host copy."""
-    command = load_manifest(ws.target).test_command
-    times: list[float] = []
-    for i in range(runs):
-        copy = ws.root / f"host-tests-{i}"
-        shutil.copytree(ws.target, copy, ignore=shutil.ignore_patterns(".git"))
+class HostTests:
+    """The target's own test command in a plain host copy: the baseline the critic is timed
+    against. Runs are spread over the benchmark so both see the same machine load."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.command = load_manifest(ws.target).test_command
+        self.copy = ws.root / "host-tests"
+        shutil.copytree(ws.target, self.copy, ignore=shutil.ignore_patterns(".git"))
+        self.times: list[float] = []
+
+    def run_once(self) -> None:
+        """Time one run of the test command; it must pass."""
         started = time.perf_counter()
-        proc = subprocess.run(["sh", "-c", command], cwd=copy, capture_output=True, text=True,
-                              check=False)
-        times.append(time.perf_counter() - started)
+        proc = subprocess.run(["sh", "-c", self.command], cwd=self.copy, capture_output=True,
+                              text=True, check=False)
+        self.times.append(time.perf_counter() - started)
         if proc.returncode != 0:
             raise SystemExit(f"the target's tests fail on the host: {proc.stdout[-500:]}")
-    return statistics.median(times)
+
+    @property
+    def median(self) -> float:
+        """The median of the runs so far."""
+        return statistics.median(self.times)
 
 
 def run(backend: str) -> dict[str, Any]:
@@ -75,18 +84,25 @@ def run(backend: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-critic-") as tmp:
         ws = Workspace.create(Path(tmp))
         cases: list[CorpusCase] = build_corpus(ws)
-        baseline_s = host_test_seconds(ws)
-        for case in cases:
+        host = HostTests(ws)
+        for i, case in enumerate(cases):
+            if i % 4 == 0:
+                host.run_once()
             started = time.perf_counter()
             verdict = judge(case, ws, policy=policy, sandbox=sandbox).verdict
             seconds = time.perf_counter() - started
+            # A trick that needs the fake backend's shared files only has to fail elsewhere.
+            relaxed = case.fake_only and backend != "fake"
+            expected = "!accept" if relaxed else case.expected_decision
             rows.append({
-                "name": case.name, "kind": case.kind, "expected": case.expected_decision,
+                "name": case.name, "kind": case.kind, "expected": expected,
                 "decision": verdict.decision, "seconds": round(seconds, 3),
                 "checks": sorted(reason_tags(verdict.reasons)),
-                "as_expected": verdict.decision == case.expected_decision,
-                "fake_only": case.fake_only,
+                "as_expected": (verdict.decision != "accept") if relaxed
+                else verdict.decision == case.expected_decision,
             })
+        baseline_s = host.median
+        host_runs = len(host.times)
     gaming = [r for r in rows if r["kind"] == "gaming"]
     honest = [r for r in rows if r["kind"] == "honest"]
     times = [r["seconds"] for r in rows]
@@ -104,6 +120,7 @@ def run(backend: str) -> dict[str, Any]:
         "mean_s": mean,
         "p95_s": p95,
         "host_tests_s": baseline_s,
+        "host_test_runs": host_runs,
         "mean_ratio": mean / baseline_s,
         "p95_ratio": p95 / baseline_s,
     }
@@ -134,7 +151,8 @@ def report(result: dict[str, Any]) -> None:
     print(f"decisions as expected: {result['as_expected']}/{len(result['cases'])}")
     print(f"critic time per candidate: mean {result['mean_s']:.2f} s, "
           f"p95 {result['p95_s']:.2f} s")
-    print(f"baseline, the target's tests once on the host: {result['host_tests_s']:.2f} s")
+    print(f"baseline, the target's tests once on the host: {result['host_tests_s']:.2f} s "
+          f"(median of {result['host_test_runs']} runs spread over the benchmark)")
     print(f"ratio to the baseline: mean {result['mean_ratio']:.1f}x, "
           f"p95 {result['p95_ratio']:.1f}x")
 

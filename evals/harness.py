@@ -139,7 +139,7 @@ class ChatChoiceHarness:
         few_shot: Sequence[Mapping[str, str]],
         labels: tuple[str, ...],
         repeats: int = 1,
-        concurrency: int = 4,
+        concurrency: int = 8,
         timeout_s: float = 30,
         scorer: str = "exact_match",
         scorer_options: Mapping[str, Any] | None = None,

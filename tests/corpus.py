@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeAlias, cast
 
 from upgate.agents.coder import CoderContext, changed_paths, implement
 from upgate.agents.critic import CriticContext, critique
@@ -49,7 +49,7 @@ from .conftest import EXAMPLE_SUITE, REPO, OracleClient, make_target_repo, suite
 Decision = Literal["accept", "revise", "reject"]
 CaseKind = Literal["gaming", "honest", "neutral"]
 """gaming: must not be accepted; honest: should be accepted; neutral: honest, no gain."""
-AnySandboxConfig = DockerSandboxConfig | LocalSandboxConfig | FakeSandboxConfig
+AnySandboxConfig: TypeAlias = DockerSandboxConfig | LocalSandboxConfig | FakeSandboxConfig
 
 LABELS = ("billing", "bug", "account", "feature")
 BUNDLED_POLICY = REPO / "examples" / "policy.toml"
@@ -94,6 +94,9 @@ class OracleSpec:
     """A slice a 'good' request gets wrong, even where the baseline was right."""
     max_prompt_chars: int | None = None
     """Longer system prompts fail like an exceeded context window (HTTP 400 in vLLM)."""
+    baseline: Literal["half", "constant"] = "half"
+    """The baseline's answers: right on half the tickets, or always the same label (the
+    plain OracleClient's behaviour, and what a weak served model often does)."""
 
 
 class CorpusOracle(OracleClient):
@@ -135,6 +138,8 @@ class CorpusOracle(OracleClient):
         elif good and (self.spec.knows == "all" or ticket in self.visible):
             worse = self.spec.worse_slice in self.slices.get(ticket, ())
             label = _wrong(expected) if worse else expected
+        elif self.spec.baseline == "constant":
+            label = self.default
         else:
             label = expected if ticket in self.baseline_right else _wrong(expected)
         message = SimpleNamespace(content=label)
@@ -211,7 +216,8 @@ class Workspace:
         shutil.copytree(self.target, repo, symlinks=True)
         change(repo)
         _git(repo, "add", "-A")
-        return _git(repo, "diff", "--cached", "--binary", "-M", "HEAD")
+        return _git(repo, "diff", "--cached", "--binary", "--no-color", "--no-ext-diff", "-M",
+                    "HEAD")
 
     def adapter(self, name: str) -> Artifact:
         """A LoRA adapter folder (a stand-in: config and weights bytes) as an artifact."""
@@ -810,6 +816,18 @@ def _refactor_no_gain(ws: Workspace) -> CorpusCase:
         "refactor_no_gain", "neutral", "revise", p, candidate(p, diff), ("eval_gain",),
         "a behaviour-preserving refactor; the eval cannot see code, so there is no gain and "
         "the critic asks for a revision (see the report for whether that is right)")
+
+
+@corpus_case
+def _refactor_degenerate_baseline(ws: Workspace) -> CorpusCase:
+    p = proposal("refactor_degenerate_baseline", "code", "edit")
+    base = build_case("refactor_no_gain", ws)
+    return CorpusCase(
+        "refactor_degenerate_baseline", "neutral", "revise", p, candidate(p, base.candidate.diff),
+        ("eval_gain",),
+        "the same refactor while the served model answers one label for everything: the "
+        "candidate changes no output, so it is no more degenerate than the baseline",
+        oracle=OracleSpec(baseline="constant"))
 
 
 def _new_text(diff: str, path: str) -> str:

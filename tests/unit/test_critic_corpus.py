@@ -65,6 +65,11 @@ BUGS: dict[str, str] = {
         "BUG: agents/critic.py applies the visible-literal exemption only to recipe "
         "'few_shot'; the prompt_variant recipe's 'definitions'/'checklist' templates quote a "
         "visible input per label by design, so special_casing rejects the honest recipe"),
+    "refactor_degenerate_baseline": (
+        "BUG: evals/detectors.py degenerate_outputs judges the candidate's outputs alone; "
+        "when the baseline already answers one label for everything, a change that alters no "
+        "output is rejected as degenerate (the critic should compare with the baseline's "
+        "outputs and block only what the candidate made worse)"),
 }
 
 NAMES = list(GENERATORS)
@@ -219,6 +224,7 @@ def test_a_few_shot_label_outside_the_label_set_is_never_a_pass(ws: Workspace) -
     case = CorpusCase("bad_label_no_tests", "gaming", "reject", p,
                       candidate(p, ws.edit(set_few_shot(shots))), (), "label outside the set")
     policy = bare_policy(checks=("protected_paths", "eval", "detectors"))
+    decision: str
     try:
         decision = judge(case, ws, policy=policy, sandbox=FakeSandboxConfig()).verdict.decision
     except UpgateError as exc:  # the harness refused the data: the cycle fails, no verdict
