@@ -4,8 +4,8 @@ NaN means "could not be scored" (no output, an error); downstream, NaN, inf and 
 scores all count as failures, never as passes. A scorer never raises for a bad *output*;
 it raises `EvalError` only for misuse (a bad option, a schema keyword it cannot check).
 
-There is no LLM-judge scorer yet: it needs a configured judge endpoint and prompt version,
-and a judge that is not configured must not silently score anything.
+The LLM judge lives in `upgate.evals.judge`: it needs a configured judge endpoint and a
+pinned prompt version, so it is built with them rather than looked up by name.
 """
 
 from __future__ import annotations
