@@ -26,7 +26,13 @@ from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.deploy.vllm import VllmAdmin
 from upgate.evals.detectors import Finding, run_detectors
-from upgate.evals.evidence import CandidateSummary, Check, EvidencePacket, RunSummary
+from upgate.evals.evidence import (
+    CandidateSummary,
+    Check,
+    EvidencePacket,
+    RunSummary,
+    delta_plot_svg,
+)
 from upgate.evals.harness import CaseResult, ChatChoiceHarness
 from upgate.evals.stats import Comparison, compare, non_regression
 from upgate.evals.suite import Case, Suite, load_suite
@@ -295,6 +301,7 @@ def _verdict(
         evidence_hash=packet.packet_hash,
         evidence_json=packet.to_json(),
         evidence_markdown=packet.to_markdown(),
+        evidence_svg=delta_plot_svg(comparison),
         baseline_score=comparison.overall.baseline_mean if comparison else None,
         candidate_score=comparison.overall.candidate_mean if comparison else None,
     )

@@ -11,7 +11,9 @@ markdown carries a text bar chart instead.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import math
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -280,3 +282,41 @@ def _bar(d: SliceDelta) -> str:
     right = ("#" * size if d.delta > 0 else "").ljust(_BAR_WIDTH)
     name = d.slice if len(d.slice) <= 18 else d.slice[:17] + "~"
     return f"{name:<18} {left}|{right} {d.delta:+.3f}"
+
+
+def delta_plot_svg(comparison: Comparison | None) -> str:
+    """An SVG plot of each slice's paired delta (dot) and its bootstrap interval (bar)."""
+    if comparison is None:
+        return ""
+    rows = [comparison.overall, *comparison.by_split.values(),
+            *comparison.per_slice.values()]
+    width, left, right, row_h, top = 640, 150, 20, 22, 30
+    height = top + row_h * len(rows) + 30
+    span = width - left - right
+
+    def x(v: float) -> float:
+        v = max(-1.0, min(1.0, v if math.isfinite(v) else 0.0))
+        return left + (v + 1.0) / 2.0 * span
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<text x="{left}" y="16">candidate - baseline, per slice (95% bootstrap interval)'
+        "</text>",
+        f'<line x1="{x(0)}" y1="{top - 6}" x2="{x(0)}" y2="{height - 24}" stroke="#888"/>',
+    ]
+    for tick in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        out.append(f'<text x="{x(tick)}" y="{height - 8}" text-anchor="middle">'
+                   f"{tick:+.1f}</text>")
+    for i, d in enumerate(rows):
+        y = top + i * row_h + row_h / 2
+        colour = "#2a7" if d.delta > 0 else ("#c33" if d.delta < 0 else "#555")
+        name = html.escape("overall" if d.slice == "*" else d.slice)[:24]
+        out += [
+            f'<text x="{left - 8}" y="{y + 4}" text-anchor="end">{name} (n={d.n})</text>',
+            f'<line x1="{x(d.ci_low)}" y1="{y}" x2="{x(d.ci_high)}" y2="{y}" '
+            f'stroke="{colour}" stroke-width="3"/>',
+            f'<circle cx="{x(d.delta)}" cy="{y}" r="5" fill="{colour}"/>',
+        ]
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

@@ -241,7 +241,12 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     folder = deps.state_dir / "evidence" / state["cycle_id"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{verdict.evidence_hash[:16]}.json").write_text(verdict.evidence_json)
-    (folder / f"{verdict.evidence_hash[:16]}.md").write_text(verdict.evidence_markdown)
+    stem = verdict.evidence_hash[:16]
+    markdown = verdict.evidence_markdown
+    if verdict.evidence_svg:
+        (folder / f"{stem}.svg").write_text(verdict.evidence_svg)
+        markdown += f"\n\n![per-slice deltas and intervals]({stem}.svg)\n"
+    (folder / f"{stem}.md").write_text(markdown)
     _record(deps, state, "critique", verdict.decision,
             {"verdict": verdict.decision, "reasons": list(verdict.reasons),
              "evidence_hash": verdict.evidence_hash, "baseline_score": verdict.baseline_score,

@@ -95,6 +95,7 @@ class Verdict(BaseModel):
     evidence_hash: str
     evidence_json: str
     evidence_markdown: str
+    evidence_svg: str = ""
     baseline_score: float | None = None
     candidate_score: float | None = None
 

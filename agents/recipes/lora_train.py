@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -321,6 +322,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
+    # Before torch loads OpenMP: its default busy-waiting turns each of the thousands of
+    # parallel regions in a step into a wait for a descheduled thread whenever another
+    # process shares the cores (measured here: 10x slower steps). Passive waiting does not.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         summary = train(args)
     except (InputError, OSError) as exc:
