@@ -25,6 +25,7 @@ from upgate.agents.probes import metamorphic_probes, model_probes, summarise
 from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.deploy.vllm import VllmAdmin
+from upgate.errors import EvalError
 from upgate.evals.detectors import Finding, run_detectors
 from upgate.evals.evidence import (
     CandidateSummary,
@@ -42,6 +43,14 @@ from upgate.prompts import load_prompt
 from upgate.sandboxes.base import ExecResult, Mount, Sandbox
 
 log = logging.getLogger(__name__)
+
+
+_RECIPE_SCOPE: dict[str, str | None] = {
+    "few_shot": "config_file",
+    "prompt_variant": "prompt_file",
+    "lora_finetune": None,
+}
+"""The one manifest file each recipe may change (None: no file at all)."""
 
 
 class Review(BaseModel):
@@ -132,15 +141,32 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
     checks: list[dict[str, Any]] = []
     reasons: list[str] = []
     policy = ctx.policy
+    m = ctx.manifest
     # Paths come from the diff itself, not from what the candidate claims it touched.
-    hits = policy.protected_hits(list(changed_paths(candidate.diff)))
+    paths = changed_paths(candidate.diff)
+    hits = policy.protected_hits(list(paths))
     checks.append({"name": "protected_paths", "passed": not hits,
                    "detail": ", ".join(hits) or "no protected path touched"})
-    diff_lines = candidate.diff.count("\n")
-    if diff_lines > policy.thresholds.max_diff_lines:
-        hits.append(f"diff of {diff_lines} lines exceeds max_diff_lines")
     if hits:
         reasons.append("the diff touches protected paths: " + ", ".join(hits))
+    diff_lines = candidate.diff.count("\n")
+    too_big = diff_lines > policy.thresholds.max_diff_lines
+    checks.append({"name": "diff_size", "passed": not too_big,
+                   "detail": f"{diff_lines} lines (max {policy.thresholds.max_diff_lines})"})
+    if too_big:
+        reasons.append(f"the diff has {diff_lines} lines, over max_diff_lines")
+    # A recipe may only change what it is for; anything else rides along unreviewed.
+    extra: set[str] = set()
+    if proposal.recipe in _RECIPE_SCOPE:
+        scope = _RECIPE_SCOPE[proposal.recipe]
+        allowed = {str(getattr(m, scope))} if scope else set()
+        extra = set(paths) - allowed
+        checks.append({"name": "recipe_scope", "passed": not extra,
+                       "detail": f"{proposal.recipe} changed {sorted(extra) or 'only its file'}"})
+        if extra:
+            reasons.append(f"detector recipe_scope: {proposal.recipe} may not change "
+                           f"{sorted(extra)}")
+    if reasons:
         return _verdict(ctx, proposal, candidate, "reject", reasons, checks, None, None, [],
                         None, None)
     rule = policy.rule(candidate.kind)
@@ -158,18 +184,30 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
 
     comparison: Comparison | None = None
     cand_results: list[CaseResult] | None = None
+    base_results: list[CaseResult] | None = None
     if "eval" in rule.checks and not reasons:
-        comparison, cand_results = _eval_both(ctx, proposal, candidate, reasons, checks)
+        try:
+            comparison, base_results, cand_results = _eval_both(
+                ctx, proposal, candidate, reasons, checks
+            )
+        except EvalError as exc:
+            # The harness refused the candidate's data (a few-shot label outside the label
+            # set, say): a verdict, not a crash.
+            checks.append({"name": "eval", "passed": False, "detail": str(exc)})
+            reasons.append(f"detector harness_refused: {exc}")
 
     findings: list[Finding] = []
     if "detectors" in rule.checks:
-        # Recipes that copy visible examples into data (few-shot) legitimately contain
-        # visible inputs; hidden inputs appearing anywhere is always a leak.
-        literal_cases = (ctx.suite.split("hidden") if proposal.recipe == "few_shot"
+        # Recipes that copy visible examples into their own data file (few-shot examples,
+        # a template's examples) legitimately contain visible inputs; hidden inputs
+        # appearing anywhere is always a leak.
+        literal_cases = (ctx.suite.split("hidden")
+                         if proposal.recipe in ("few_shot", "prompt_variant") and not extra
                          else ctx.suite.cases)
         findings = run_detectors(
             diff=candidate.diff, protected_patterns=policy.all_protected(),
             cases=literal_cases, comparison=comparison, candidate_results=cand_results,
+            baseline_results=base_results, result_cases=ctx.suite.cases,
             suite_hash_before=str(ctx.versions.get("suite_hash") or ctx.suite.content_hash),
             suite_hash_after=(load_suite(ctx.suite_path).content_hash if ctx.suite_path
                               else ctx.suite.content_hash),
@@ -189,7 +227,7 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
 def _eval_both(
     ctx: CriticContext, proposal: Proposal, candidate: Candidate, reasons: list[str],
     checks: list[dict[str, Any]],
-) -> tuple[Comparison, list[CaseResult]]:
+) -> tuple[Comparison, list[CaseResult], list[CaseResult]]:
     m = ctx.manifest
     alias = m.model_alias or m.base_model or ""
     base_reader = lambda name: (ctx.target_tree / name).read_text()  # noqa: E731
@@ -241,7 +279,7 @@ def _eval_both(
     if report.verdict != "ok":
         reasons.append(f"the candidate is less robust on adversarial probes "
                        f"({report.baseline_accuracy:.2f} -> {report.candidate_accuracy:.2f})")
-    return comparison, cand
+    return comparison, baseline, cand
 
 
 def _review(

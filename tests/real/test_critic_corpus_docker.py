@@ -77,9 +77,6 @@ def test_corpus_case_in_docker(name: str, ws: Workspace) -> None:
         assert packet["tests_candidate"]["passed"] is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a top-level pytest.py in the candidate shadows the real pytest for `python3 -m "
-    "pytest` inside the container too; no detector flags modules that shadow the runner"))
 def test_shadowed_pytest_is_caught_in_docker(ws: Workspace) -> None:
     case = build_case("shadow_pytest_with_gain", ws)
     verdict = judge(case, ws, policy=bundled_policy(), sandbox=_sandbox()).verdict

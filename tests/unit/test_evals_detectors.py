@@ -454,7 +454,9 @@ def test_run_detectors_runs_what_applies_and_blocking_filters() -> None:
     assert names == [
         "protected_paths",
         "tests_or_eval_touched",
+        "import_shadowing",
         "weakened_checks",
+        "prompt_injection",
         "special_casing",
         "suite_hash_changed",
     ]
@@ -466,5 +468,5 @@ def test_run_detectors_runs_what_applies_and_blocking_filters() -> None:
         comparison=_comparison(0.2, 0.2),
         candidate_results=_results([str(c.expected) for c in LABEL_CASES]),
     )
-    assert len(clean) == 6
+    assert len(clean) == 8
     assert blocking(clean) == []

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from triage import (
     LABELS,
     FewShotExample,
@@ -114,7 +113,7 @@ def test_config_with_few_shot_examples(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_is_refused(tmp_path: Path, data: Any) -> None:
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config\.json"):
         load_config(_write(tmp_path, data))
 
 

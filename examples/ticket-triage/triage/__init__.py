@@ -14,9 +14,9 @@ from triage.classify import (
 
 __all__ = [
     "LABELS",
+    "FewShotExample",
     "TriageConfig",
     "build_messages",
-    "FewShotExample",
     "classify",
     "classify_ticket",
     "load_config",

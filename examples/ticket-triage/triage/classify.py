@@ -59,7 +59,9 @@ def load_config(path: Path | None = None) -> TriageConfig:
         raise ValueError(f"{source} must hold a JSON object")
     unknown = sorted(set(raw) - {"model", "temperature", "few_shot"})
     if unknown:
-        raise ValueError(f"{source} has unknown keys {unknown}; allowed: model, temperature, few_shot")
+        raise ValueError(
+            f"{source} has unknown keys {unknown}; allowed: model, temperature, few_shot"
+        )
     model = raw.get("model", "triage")
     temperature = raw.get("temperature", 0.0)
     shots = raw.get("few_shot", [])
