@@ -27,8 +27,13 @@ class JudgeVerdict(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    score: Literal[0, 0.5, 1]
+    grade: Literal["wrong", "partial", "right"]
     reason: str = Field(..., max_length=240)
+
+    @property
+    def score(self) -> float:
+        """The grade as a score in {0, 0.5, 1}."""
+        return {"wrong": 0.0, "partial": 0.5, "right": 1.0}[self.grade]
 
 
 class LLMJudge:
@@ -70,7 +75,7 @@ class LLMJudge:
         except AgentOutputError as exc:
             log.warning("judge gave no valid grade: %s", exc)
             return float("nan")
-        return float(verdict.score)
+        return verdict.score
 
 
 def _call(model: BaseChatModel, system: str, retries: int) -> JudgeVerdict:
