@@ -221,7 +221,7 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
         blocked = any(r.startswith("detector ") for r in reasons)
         decision = "reject" if blocked else "revise"
     return _verdict(ctx, proposal, candidate, decision, reasons, checks, comparison, review,
-                    findings, tests_base, tests_cand)
+                    findings, tests_base, tests_cand, cand_results)
 
 
 def _eval_both(
@@ -304,6 +304,7 @@ def _verdict(
     decision: Literal["accept", "revise", "reject"], reasons: list[str],
     checks: list[dict[str, Any]], comparison: Comparison | None, review: Review | None,
     findings: list[Finding], tests_base: ExecResult | None, tests_cand: ExecResult | None,
+    cand_results: list[CaseResult] | None = None,
 ) -> Verdict:
     if review is not None:
         concerns = "; ".join(review.concerns) or "none"
@@ -340,6 +341,8 @@ def _verdict(
         evidence_json=packet.to_json(),
         evidence_markdown=packet.to_markdown(),
         evidence_svg=delta_plot_svg(comparison),
+        visible_case_scores={r.case_id: (r.score if r.score == r.score else 0.0)
+                             for r in cand_results or () if r.split == "visible"},
         baseline_score=comparison.overall.baseline_mean if comparison else None,
         candidate_score=comparison.overall.candidate_mean if comparison else None,
     )

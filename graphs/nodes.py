@@ -433,25 +433,33 @@ def monitor(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     verdict = state.get("verdict") or {}
     result: dict[str, Any] = {"checked": False}
     if deployment.get("target") == "vllm":
-        cases = deps.suite.split("visible")[: deps.monitor_cases]
+        # The live alias must answer as the critic measured the candidate, on the same cases.
+        expected_scores: dict[str, float] = verdict.get("visible_case_scores") or {}
+        cases = [c for c in deps.suite.split("visible") if c.id in expected_scores]
+        cases = cases[: deps.monitor_cases]
         with _with_tree(deps) as tmp:
             tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
                                Path(tmp))
             prompt_file = deps.manifest.prompt_file
             prompt = (tree / prompt_file).read_text() if prompt_file else ""
+            shots: list[Any] = []
+            if deps.manifest.config_file:
+                config = json.loads((tree / deps.manifest.config_file).read_text())
+                shots = config.get("few_shot", [])
         live = deps.harness.run(
             cases, base_url=deps.settings.serving.openai_url, model=deployment["alias"],
-            system_prompt=prompt, few_shot=[], labels=deps.suite.labels,
+            system_prompt=prompt, few_shot=shots, labels=deps.suite.labels,
             scorer=deps.suite.scorer, scorer_options=deps.suite.scorer_options,
         )
         errors = sum(r.error is not None for r in live)
-        score = sum(r.score for r in live if r.score == r.score) / max(len(live), 1)
-        expected = float(verdict.get("candidate_score") or 0.0)
+        n = max(len(live), 1)
+        score = sum(r.score for r in live if r.score == r.score) / n
+        expected = sum(expected_scores[c.id] for c in cases) / max(len(cases), 1)
         tolerance = deps.policy.thresholds.monitor_tolerance
         result = {"checked": True, "cases": len(live), "errors": errors,
-                  "live_score": round(score, 3), "critic_score": expected,
+                  "live_score": round(score, 3), "critic_score": round(expected, 3),
                   "tolerance": tolerance,
-                  "regressed": errors > 0 or score < expected - tolerance}
+                  "regressed": not cases or errors > 0 or score < expected - tolerance}
     _record(deps, state, "monitor", "regression" if result.get("regressed") else "healthy", result)
     return {"monitor": result}
 

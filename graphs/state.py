@@ -96,6 +96,8 @@ class Verdict(BaseModel):
     evidence_json: str
     evidence_markdown: str
     evidence_svg: str = ""
+    visible_case_scores: dict[str, float] = Field(default_factory=dict)
+    """The candidate's score on each visible case, for the post-deploy check to compare."""
     baseline_score: float | None = None
     candidate_score: float | None = None
 

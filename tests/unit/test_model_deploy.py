@@ -1,0 +1,115 @@
+"""A served-model change: approval is mandatory, the alias swaps with the previous version
+kept loaded, the post-deploy check compares the live alias with what the critic measured,
+and a regression rolls back to the version before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from upgate.agents import coder
+from upgate.deploy.vllm import ServedModel, VllmAdmin
+from upgate.graphs.state import Artifact
+
+from .test_cycle import REVIEW, draft, make_runner
+
+
+class FakeVllm(VllmAdmin):
+    """A vLLM server's LoRA admin endpoints in memory; the logic above them is the real one."""
+
+    def __init__(self, initial: str) -> None:  # no HTTP client: nothing to talk to
+        self.served: dict[str, str] = {"smollm2": "/base", "triage": initial}
+        self.calls: list[tuple[str, str, str]] = []
+
+    def models(self) -> dict[str, ServedModel]:
+        return {k: ServedModel(id=k, root=v) for k, v in self.served.items()}
+
+    def load_adapter(self, name: str, path: Path, *, inplace: bool = False) -> None:
+        assert inplace or name not in self.served, "vLLM refuses a second load without inplace"
+        self.calls.append(("load", name, str(path)))
+        self.served[name] = str(path)
+
+    def unload_adapter(self, name: str) -> None:
+        self.calls.append(("unload", name, ""))
+        self.served.pop(name, None)
+
+
+
+def _fake_training(tmp: Path) -> Any:
+    def train(box: Any, ctx: Any, p: Any, out: list[str]) -> Artifact:
+        adapter = tmp / "adapter-good"
+        adapter.mkdir(exist_ok=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        out.append("trained (test double)")
+        return Artifact(name="triage@goodgoodgood", kind="adapter", path=str(adapter),
+                        sha256="good" * 16)
+    return train
+
+
+def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) -> Any:
+    monkeypatch.setattr(coder, "_lora_finetune", _fake_training(workdir))
+    runner, client = make_runner(workdir, {"proposal": draft("lora_finetune"), "review": REVIEW},
+                                 good_models=["upgate-candidate-goodgoodgood"])
+    fake = FakeVllm(initial="/adapters/triage-v0")
+    runner.deps.admin = fake
+    if live_good:
+        # The alias answers well once it serves the trained adapter.
+        original = client.create
+
+        def create(**kw: Any) -> Any:
+            if kw["model"] == "triage" and fake.served["triage"].endswith("adapter-good"):
+                kw = {**kw, "model": "upgate-candidate-goodgoodgood"}
+            return original(**kw)
+
+        client.create = create  # type: ignore[method-assign]
+    return runner, fake
+
+
+def test_model_change_waits_for_a_human_even_when_the_policy_says_auto(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, fake = _runner(workdir, monkeypatch, live_good=True)
+    state = runner.start("alice")
+    assert state["outcome"] == "awaiting_approval"  # conftest's policy sets model approval=auto
+    assert fake.served["triage"] == "/adapters/triage-v0"
+    assert not [c for c in fake.calls if c[1] == "triage"]
+
+
+def test_approved_model_swaps_the_alias_and_keeps_the_previous_loaded(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, fake = _runner(workdir, monkeypatch, live_good=True)
+    state = runner.start("alice")
+    done = runner.decide(state["cycle_id"], action="approve", person="bob")
+    assert done["outcome"] == "deployed", done.get("reason")
+    assert fake.served["triage"].endswith("adapter-good")
+    assert fake.served["triage@goodgoodgood"].endswith("adapter-good")
+    assert fake.served["triage@initial"] == "/adapters/triage-v0"
+    assert done["monitor"]["regressed"] is False
+    assert done["monitor"]["live_score"] == done["monitor"]["critic_score"]
+    assert runner.deps.store.active_version("triage")["version_name"] == "triage@goodgoodgood"
+    # Deploying again (a resume after a crash) changes nothing.
+    before = list(fake.calls)
+    from upgate.graphs import nodes
+
+    nodes._deploy_model(runner.deps, done, nodes._candidate(done), done["deployment"]
+                        ["deployment_id"])
+    assert [c for c in fake.calls[len(before):] if c[0] == "load"] == []
+
+
+def test_a_live_regression_rolls_back_to_the_previous_version(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, fake = _runner(workdir, monkeypatch, live_good=False)
+    state = runner.start("alice")
+    done = runner.decide(state["cycle_id"], action="approve", person="bob")
+    assert done["outcome"] == "rolled_back"
+    assert done["monitor"]["regressed"] is True
+    assert fake.served["triage"] == "/adapters/triage-v0"
+    assert runner.deps.store.active_version("triage")["version_name"] == "triage@initial"
+    events = [(e.node, e.event) for e in runner.deps.ledger.entries(state["cycle_id"])]
+    assert ("monitor", "regression") in events
+    assert ("rollback", "rolled_back") in events
+    assert events[-1] == ("record", "rolled_back")
