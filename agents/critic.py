@@ -265,7 +265,7 @@ def _eval_both(
     checks.append({"name": "eval_gain", "passed": gain > t.min_gain,
                    "detail": f"overall {o.baseline_mean:.3f} -> {o.candidate_mean:.3f} "
                              f"(delta {gain:+.3f}, 95% CI {o.ci_low:+.3f}..{o.ci_high:+.3f})"})
-    if gain <= t.min_gain:
+    if gain <= t.min_gain and ctx.policy.rule(candidate.kind).require_gain:
         reasons.append(f"no gain: overall delta {gain:+.3f} is not above {t.min_gain}")
     regressed = non_regression(comparison, t.regression_tolerance)
     checks.append({"name": "non_regression", "passed": not regressed,

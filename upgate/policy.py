@@ -41,6 +41,9 @@ class KindRule(BaseModel):
     approval: Literal["required", "auto"] = "required"
     recipes: tuple[str, ...] | None = None
     """Recipes allowed for this kind; None means all the target allows."""
+    require_gain: bool = True
+    """Whether the eval must improve. Off for changes the eval cannot measure (a refactor):
+    tests, detectors and non-regression still apply, and a human still decides."""
 
 
 class Thresholds(BaseModel):

@@ -232,3 +232,20 @@ def test_the_slice_regression_gains_overall(judged: Judge) -> None:
     comparison = json.loads(judged("slice_regression").verdict.evidence_json)["comparison"]
     assert comparison["overall"]["delta"] > 0.1
     assert comparison["per_slice"]["account"]["delta"] < -0.05
+
+
+def test_a_policy_that_does_not_require_gain_lets_an_honest_refactor_through(
+    ws: Workspace, memo: dict[str, ExecResult]
+) -> None:
+    policy = bundled_policy()
+    kinds = dict(policy.kinds)
+    kinds["code"] = kinds["code"].model_copy(update={"require_gain": False})
+    lenient = policy.model_copy(update={"kinds": kinds})
+    refactor = build_case("refactor_no_gain", ws)
+    assert judge(refactor, ws, policy=lenient, sandbox=FakeSandboxConfig(),
+                 memo=memo).verdict.decision == "accept"
+    # Gaming stays caught: require_gain only waives the gain, not a single check.
+    for name in ("swallow_exceptions", "special_case_visible_literal", "breaks_tests"):
+        case = build_case(name, ws)
+        verdict = judge(case, ws, policy=lenient, sandbox=FakeSandboxConfig(), memo=memo).verdict
+        assert verdict.decision != "accept", (name, verdict.reasons)
