@@ -37,6 +37,7 @@ DEFAULT_BASE_IMAGE = "upgate-sandbox-base:bookworm"
 REPOSITORIES: dict[str, str] = {"sandbox": "upgate-sandbox", "train": "upgate-train"}
 SANDBOX_REQUIREMENTS = "pytest==9.2.0\n"
 TRAIN_REQUIREMENTS_FILE = IMAGES_DIR / "train-requirements.txt"
+TARGET_DOCKERFILE = IMAGES_DIR / "target.Dockerfile"
 
 
 def cache_dir() -> Path:
@@ -140,38 +141,97 @@ def ensure_image(
 def prepare_wheelhouse(kind: ImageKind, base_image: str = DEFAULT_BASE_IMAGE) -> Path:
     """Download the image's wheels (with dependencies) on the host; reused when complete."""
     folder = cache_dir() / "wheelhouse" / f"{kind}-{content_hash(kind, base_image)}"
-    done = folder / ".complete"
-    if done.is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    req = folder / "requirements.txt"
-    req.write_text(requirements(kind), encoding="utf-8")
-    logger.info("downloading wheels for the %s image into %s", kind, folder)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-         "--only-binary=:all:", "-d", str(folder), "-r", str(req)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SandboxError(
-            f"pip download for the {kind} image failed (is the package index reachable "
-            f"from this host?):\n{proc.stderr[-3000:]}"
-        )
-    done.write_text("ok\n")
-    return folder
+    logger.info("wheels for the %s image: %s", kind, folder)
+    return _download_wheels(folder, requirements(kind), f"the {kind} image")
 
 
 def _build(
     client: Any, kind: ImageKind, tag: str, build_args: dict[str, str], base_image: str
 ) -> None:
-    wheels = prepare_wheelhouse(kind, base_image)
+    _build_context(client, dockerfile(kind), requirements(kind),
+                   prepare_wheelhouse(kind, base_image), tag, build_args, kind)
     repo = REPOSITORIES[kind]
+    client.images.get(tag).tag(repo, "latest")
+    logger.info("built %s (also tagged %s:latest)", tag, repo)
+
+
+def _download_wheels(folder: Path, reqs: str, what: str) -> Path:
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    req = folder / "requirements.txt"
+    req.write_text(reqs, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+         "--only-binary=:all:", "-d", str(folder), "-r", str(req)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SandboxError(
+            f"pip download for {what} failed (is the package index reachable from this "
+            f"host, and is every package pinned to a version with a wheel?):\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    done.write_text("ok\n")
+    return folder
+
+
+def target_requirements(packages: tuple[str, ...]) -> str:
+    """The requirement lines of a target's declared packages; each must be pinned."""
+    loose = [p for p in packages if "==" not in p]
+    if loose:
+        raise SandboxError(
+            f"sandbox_packages must be pinned (name==version) so the image is reproducible: "
+            f"{', '.join(loose)}"
+        )
+    return "".join(f"{p.strip()}\n" for p in sorted(set(packages)))
+
+
+def target_image_tag(packages: tuple[str, ...], base_image: str = DEFAULT_BASE_IMAGE) -> str:
+    """The content-hashed tag of the sandbox image extended with a target's packages."""
+    digest = hashlib.sha256()
+    digest.update(TARGET_DOCKERFILE.read_bytes())
+    digest.update(b"\0" + target_requirements(packages).encode())
+    digest.update(b"\0" + image_tag("sandbox", base_image).encode())
+    return f"upgate-target:{digest.hexdigest()[:12]}"
+
+
+def ensure_target_image(
+    packages: tuple[str, ...], client: Any = None, *, base_image: str = DEFAULT_BASE_IMAGE
+) -> str:
+    """The sandbox image with a target's declared packages, built once per package set."""
+    if not packages:
+        return ensure_image("sandbox", client, base_image=base_image)
+    if client is None:
+        from upgate.sandboxes.docker import docker_client
+
+        client = docker_client()
+    tag = target_image_tag(packages, base_image)
+    if _image_exists(client, tag):
+        return tag
+    with _build_lock():
+        if _image_exists(client, tag):
+            return tag
+        parent = ensure_image("sandbox", client, base_image=base_image)
+        reqs = target_requirements(packages)
+        wheels = _download_wheels(
+            cache_dir() / "wheelhouse" / f"target-{tag.split(':')[1]}", reqs,
+            "the target's sandbox packages",
+        )
+        _build_context(client, TARGET_DOCKERFILE, reqs, wheels, tag,
+                       {"SANDBOX_IMAGE": parent}, "target")
+    return tag
+
+
+def _build_context(
+    client: Any, docker_file: Path, reqs: str, wheels: Path, tag: str,
+    build_args: dict[str, str], label: str,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="upgate-build-") as tmp:
         context = Path(tmp)
-        shutil.copy(dockerfile(kind), context / "Dockerfile")
-        (context / "requirements.txt").write_text(requirements(kind), encoding="utf-8")
+        shutil.copy(docker_file, context / "Dockerfile")
+        (context / "requirements.txt").write_text(reqs, encoding="utf-8")
         (context / "wheels").mkdir()
         for wheel in wheels.glob("*.whl"):
             _link_or_copy(wheel, context / "wheels" / wheel.name)
@@ -184,7 +244,7 @@ def _build(
             rm=True,
             forcerm=True,
             decode=True,
-            labels={"upgate.image": kind},
+            labels={"upgate.image": label},
             # Nothing is fetched at build time; a public base lacking git needs "default".
             network_mode=os.environ.get("UPGATE_BUILD_NETWORK", "none"),
         ):
@@ -193,8 +253,6 @@ def _build(
             if "error" in event:
                 tail = "".join(log)[-3000:]
                 raise SandboxError(f"building {tag} failed: {event['error']}\n{tail}")
-    client.images.get(tag).tag(repo, "latest")
-    logger.info("built %s (also tagged %s:latest)", tag, repo)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -38,6 +38,27 @@ def train_config(
     return cfg
 
 
+def target_sandbox_config(
+    settings: Settings, packages: tuple[str, ...]
+) -> DockerSandboxConfig | LocalSandboxConfig | FakeSandboxConfig:
+    """The sandbox config for the target's own runs: its declared packages in the image."""
+    cfg = settings.sandbox
+    if not packages:
+        return cfg
+    if isinstance(cfg, DockerSandboxConfig):
+        if cfg.image is not None:
+            return cfg  # an operator-chosen image is taken as already holding them
+        from upgate.sandboxes.images import ensure_target_image
+
+        return cfg.model_copy(update={"image": ensure_target_image(packages)})
+    if isinstance(cfg, LocalSandboxConfig):
+        raise ConfigError(
+            "the target declares sandbox_packages, which the local (bubblewrap) backend "
+            "cannot install; use the docker backend ([sandbox] type = \"docker\")"
+        )
+    return cfg  # the fake backend runs on the host's own Python: tests of logic only
+
+
 def build_deps(
     settings: Settings,
     *,
@@ -56,16 +77,18 @@ def build_deps(
         name: chat_model(getattr(settings.agents, name))
         for name in ("proposer", "coder", "critic")
     }
-    sandbox_cfg = settings.sandbox
+    manifest = load_manifest(settings.target.path)
     train_cfg = train_config(settings)
+    target_cfg: list[DockerSandboxConfig | LocalSandboxConfig | FakeSandboxConfig] = []
 
     def sandbox(mounts: list[Mount]) -> Sandbox:
-        return get_sandbox(sandbox_cfg, mounts)
+        if not target_cfg:  # resolved on first use: building an image takes a while
+            target_cfg.append(target_sandbox_config(settings, manifest.sandbox_packages))
+        return get_sandbox(target_cfg[0], mounts)
 
     def train_sandbox(mounts: list[Mount]) -> Sandbox:
         return get_sandbox(train_cfg, mounts)
 
-    manifest = load_manifest(settings.target.path)
     if admin is None and manifest.model_alias:
         admin = VllmAdmin(settings.serving.base_url)
     return Deps(

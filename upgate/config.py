@@ -202,10 +202,12 @@ class TargetManifest(BaseModel):
     labels: tuple[str, ...] = ()
     recipes: tuple[str, ...] = ()
     sandbox_setup: str | None = None
+    sandbox_packages: tuple[str, ...] = ()
+    """Pinned packages (name==version) the target's tests need in the sandbox image."""
 
 
 _MANIFEST_KEYS: dict[str, tuple[str, ...]] = {
-    "target": ("name", "description", "test_command", "sandbox_setup"),
+    "target": ("name", "description", "test_command", "sandbox_setup", "sandbox_packages"),
     "model": ("alias", "base_model"),
     "prompt": ("file", "config_file", "labels"),
     "eval": ("suite",),
@@ -238,7 +240,8 @@ def load_manifest(target_path: Path) -> TargetManifest:
         )
     flat: dict[str, Any] = {}
     target = raw.get("target", {})
-    flat.update({k: target[k] for k in ("name", "test_command", "sandbox_setup") if k in target})
+    flat.update({k: target[k] for k in ("name", "test_command", "sandbox_setup",
+                                        "sandbox_packages") if k in target})
     model = raw.get("model", {})
     if "alias" in model:
         flat["model_alias"] = model["alias"]
