@@ -283,6 +283,23 @@ def verify(config: ConfigOpt = None) -> None:
     raise typer.Exit(1)
 
 
+@app.command()
+@_guard
+def reconcile(config: ConfigOpt = None) -> None:
+    """After a vLLM restart: point the alias at its active version, reload earlier ones."""
+    from upgate.deploy.reconcile import reconcile as do_reconcile
+
+    runner = _runner(_settings(config))
+    alias = runner.deps.manifest.model_alias
+    if not alias or runner.deps.admin is None:
+        console.print("the target serves no model alias; nothing to reconcile")
+        return
+    result = do_reconcile(runner.deps.store, runner.deps.admin, alias)
+    runner.deps.ledger.append("admin", "reconcile", "reconciled", result)
+    console.print(f"{alias} -> {result['active'] or '(as the server started it)'}; "
+                  f"reloaded {result['loaded'] or 'nothing'}")
+
+
 @person_app.command("add")
 @_guard
 def person_add(name: str, config: ConfigOpt = None) -> None:

@@ -52,7 +52,9 @@ def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) 
     monkeypatch.setattr(coder, "_lora_finetune", _fake_training(workdir))
     runner, client = make_runner(workdir, {"proposal": draft("lora_finetune"), "review": REVIEW},
                                  good_models=["upgate-candidate-goodgoodgood"])
-    fake = FakeVllm(initial="/adapters/triage-v0")
+    initial = workdir / "adapters" / "triage-v0"
+    initial.mkdir(parents=True, exist_ok=True)
+    fake = FakeVllm(initial=str(initial))
     runner.deps.admin = fake
     if live_good:
         # The alias answers well once it serves the trained adapter.
@@ -73,7 +75,7 @@ def test_model_change_waits_for_a_human_even_when_the_policy_says_auto(
     runner, fake = _runner(workdir, monkeypatch, live_good=True)
     state = runner.start("alice")
     assert state["outcome"] == "awaiting_approval"  # conftest's policy sets model approval=auto
-    assert fake.served["triage"] == "/adapters/triage-v0"
+    assert fake.served["triage"] == str(workdir / "adapters" / "triage-v0")
     assert not [c for c in fake.calls if c[1] == "triage"]
 
 
@@ -86,7 +88,7 @@ def test_approved_model_swaps_the_alias_and_keeps_the_previous_loaded(
     assert done["outcome"] == "deployed", done.get("reason")
     assert fake.served["triage"].endswith("adapter-good")
     assert fake.served["triage@goodgoodgood"].endswith("adapter-good")
-    assert fake.served["triage@initial"] == "/adapters/triage-v0"
+    assert fake.served["triage@initial"] == str(workdir / "adapters" / "triage-v0")
     assert done["monitor"]["regressed"] is False
     assert done["monitor"]["live_score"] == done["monitor"]["critic_score"]
     assert runner.deps.store.active_version("triage")["version_name"] == "triage@goodgoodgood"
@@ -107,9 +109,31 @@ def test_a_live_regression_rolls_back_to_the_previous_version(
     done = runner.decide(state["cycle_id"], action="approve", person="bob")
     assert done["outcome"] == "rolled_back"
     assert done["monitor"]["regressed"] is True
-    assert fake.served["triage"] == "/adapters/triage-v0"
+    assert fake.served["triage"] == str(workdir / "adapters" / "triage-v0")
     assert runner.deps.store.active_version("triage")["version_name"] == "triage@initial"
     events = [(e.node, e.event) for e in runner.deps.ledger.entries(state["cycle_id"])]
     assert ("monitor", "regression") in events
     assert ("rollback", "rolled_back") in events
     assert events[-1] == ("record", "rolled_back")
+
+
+def test_reconcile_after_a_server_restart_restores_alias_and_rollback_targets(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upgate.deploy.reconcile import reconcile
+
+    runner, fake = _runner(workdir, monkeypatch, live_good=True)
+    state = runner.start("alice")
+    runner.decide(state["cycle_id"], action="approve", person="bob")
+    good = fake.served["triage"]
+    # The server restarts: only what it was started with is served.
+    fake.served = {"smollm2": "/base", "triage": str(workdir / "adapters" / "triage-v0")}
+    result = reconcile(runner.deps.store, fake, "triage")
+    assert result["active"] == "triage@goodgoodgood"
+    assert fake.served["triage"] == good
+    assert fake.served["triage@initial"] == str(workdir / "adapters" / "triage-v0")
+    assert sorted(result["loaded"]) == ["triage@goodgoodgood", "triage@initial"]
+    # Running it again changes nothing.
+    calls = len(fake.calls)
+    assert reconcile(runner.deps.store, fake, "triage")["loaded"] == []
+    assert len(fake.calls) == calls
