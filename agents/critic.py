@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -58,8 +58,10 @@ class Review(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    summary: str = Field(..., min_length=1, max_length=600)
-    concerns: list[str] = Field(default_factory=list, max_length=5)
+    summary: str = Field(..., min_length=1, max_length=300)
+    concerns: list[Annotated[str, Field(max_length=160)]] = Field(
+        default_factory=list, max_length=3
+    )
     recommendation: Literal["accept", "revise", "reject"]
 
 

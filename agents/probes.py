@@ -49,7 +49,7 @@ def metamorphic_probes(visible: Sequence[Case], *, per_label: int = 2, seed: int
 
 
 def model_probes(model: BaseChatModel, visible: Sequence[Case], *, change: str, retries: int,
-                 max_probes: int = 4) -> list[Case]:
+                 max_probes: int = 3) -> list[Case]:
     """Inputs the critic model writes to stress the change; each perturbs a visible case."""
     pool = list(visible)[:12]
     if not pool:
@@ -57,7 +57,7 @@ def model_probes(model: BaseChatModel, visible: Sequence[Case], *, change: str, 
     ids: Any = Literal[tuple(c.id for c in pool)]
     item = create_model("Probe", __config__=ConfigDict(extra="forbid"),
                         base_case_id=(ids, ...),
-                        text=(str, Field(..., min_length=5, max_length=240)))
+                        text=(str, Field(..., min_length=5, max_length=200)))
     schema: type[BaseModel] = create_model(
         "Probes", __config__=ConfigDict(extra="forbid"),
         probes=(list[item], Field(..., min_length=1, max_length=max_probes)),  # type: ignore[valid-type]

@@ -34,8 +34,9 @@ app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
 app.command("critique")(critique_command)
 
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="upgate.toml to use.")]
 AsOpt = Annotated[str, typer.Option("--as", help="Who you are (a registered person).")]
@@ -192,7 +193,10 @@ def inbox(config: ConfigOpt = None) -> None:
     if not waiting:
         console.print("inbox is empty")
         return
-    table = Table("cycle", "kind", "requester", "score", "candidate", "evidence", "requested")
+    table = Table()
+    table.add_column("cycle", no_wrap=True, min_width=28)
+    for name in ("kind", "requester", "score", "candidate", "evidence", "requested"):
+        table.add_column(name)
     for req in waiting:
         score = ""
         if req.get("baseline_score") is not None:
@@ -249,7 +253,10 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
     settings = _settings(config)
     ledger = open_ledger(settings.state_dir)
     if cycle is None:
-        table = Table("cycle", "outcome", "recipe", "entries", "started")
+        table = Table()
+        table.add_column("cycle", no_wrap=True, min_width=28)
+        for name in ("outcome", "recipe", "entries", "started"):
+            table.add_column(name)
         for cid in ledger.cycles():
             entries = ledger.entries(cid)
             last = [e for e in entries if e.node == "record"]

@@ -23,8 +23,8 @@ from upgate.graphs.nodes import export_tree
 from upgate.graphs.state import Candidate, Proposal
 from upgate.policy import ChangeKind
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def read_candidate(target: Path, base: str, candidate: str) -> str:

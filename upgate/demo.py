@@ -20,7 +20,7 @@ from upgate.approvals import add_person
 from upgate.config import load_settings
 from upgate.graphs.runner import Runner
 
-console = Console()
+console = Console(soft_wrap=True)
 
 REPO = Path(__file__).resolve().parents[1]
 

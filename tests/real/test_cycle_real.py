@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 def upgate(*args: str, env: dict[str, str] | None = None, timeout: int = 1800
            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "upgate.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})},
                           cwd=REPO, check=False)
 
 
