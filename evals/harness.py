@@ -15,6 +15,8 @@ the target's code: the target is what is being judged.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import string
@@ -234,3 +236,63 @@ class ChatChoiceHarness:
                 repeat=repeat,
                 raw_output=raw,
             )
+
+
+class CachingHarness(ChatChoiceHarness):
+    """A harness that remembers per-case results within one process.
+
+    A cycle evaluates the baseline twice (observe, then the critic) with the same model,
+    prompt and cases; at temperature 0 the answers are the same, so the second run reuses
+    the first. The key holds everything an answer depends on, including the version the
+    served name stands for (`version_of`), so a swapped alias is never answered from cache.
+    """
+
+    def __init__(self, inner: ChatChoiceHarness,
+                 version_of: Callable[[str], str] = lambda model: model) -> None:
+        self._inner = inner
+        self._version_of = version_of
+        self._cache: dict[str, CaseResult] = {}
+
+    def run(
+        self,
+        cases: Sequence[Case],
+        *,
+        base_url: str,
+        model: str,
+        system_prompt: str,
+        few_shot: Sequence[Mapping[str, str]],
+        labels: tuple[str, ...],
+        repeats: int = 1,
+        concurrency: int = 8,
+        timeout_s: float = 30,
+        scorer: str = "exact_match",
+        scorer_options: Mapping[str, Any] | None = None,
+    ) -> list[CaseResult]:
+        """Run the cases not seen before under this exact configuration; reuse the rest."""
+        if repeats != 1:  # repeats exist to sample again: never answer them from memory
+            return self._inner.run(
+                cases, base_url=base_url, model=model, system_prompt=system_prompt,
+                few_shot=few_shot, labels=labels, repeats=repeats, concurrency=concurrency,
+                timeout_s=timeout_s, scorer=scorer, scorer_options=scorer_options,
+            )
+        context = json.dumps(
+            [base_url, model, self._version_of(model), system_prompt, list(few_shot),
+             list(labels), scorer, dict(scorer_options or {})],
+            sort_keys=True, default=str,
+        )
+
+        def key(case: Case) -> str:
+            return hashlib.sha256((context + "\0" + case.model_dump_json()).encode()).hexdigest()
+
+        missing = {c.id: c for c in cases if key(c) not in self._cache}
+        fresh: dict[str, CaseResult] = {}
+        if missing:
+            for r in self._inner.run(
+                list(missing.values()), base_url=base_url, model=model, system_prompt=system_prompt,
+                few_shot=few_shot, labels=labels, concurrency=concurrency,
+                timeout_s=timeout_s, scorer=scorer, scorer_options=scorer_options,
+            ):
+                fresh[r.case_id] = r
+                if r.error is None:  # errors are not remembered: the next run asks again
+                    self._cache[key(missing[r.case_id])] = r
+        return [fresh[c.id] if c.id in fresh else self._cache[key(c)] for c in cases]

@@ -11,7 +11,7 @@ from upgate.approvals import secret_key
 from upgate.config import Settings, load_manifest
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import ConfigError
-from upgate.evals.harness import ChatChoiceHarness
+from upgate.evals.harness import CachingHarness, ChatChoiceHarness
 from upgate.evals.suite import load_suite
 from upgate.graphs.deps import Deps
 from upgate.ledger import open_ledger
@@ -91,11 +91,20 @@ def build_deps(
 
     if admin is None and manifest.model_alias:
         admin = VllmAdmin(settings.serving.base_url)
+    store = Store(settings.state_dir / "state.sqlite")
+
+    def served_version(model: str) -> str:
+        # What a served name stands for now: the alias moves with every deploy.
+        if model == manifest.model_alias:
+            active = store.active_version(model)
+            return str(active["version_name"]) if active else "initial"
+        return model
+
     return Deps(
         settings=settings,
         policy=load_policy(settings.policy),
         ledger=open_ledger(settings.state_dir),
-        store=Store(settings.state_dir / "state.sqlite"),
+        store=store,
         manifest=manifest,
         suite=load_suite(Path(settings.target.suite)),
         proposer=models["proposer"],
@@ -103,7 +112,7 @@ def build_deps(
         critic=models["critic"],
         sandbox=sandbox,
         train_sandbox=train_sandbox,
-        harness=harness or ChatChoiceHarness(),
+        harness=CachingHarness(harness or ChatChoiceHarness(), served_version),
         admin=admin,
         secret=secret_key(settings.state_dir),
     )
