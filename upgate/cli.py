@@ -194,7 +194,7 @@ def inbox(config: ConfigOpt = None) -> None:
         console.print("inbox is empty")
         return
     table = Table()
-    table.add_column("cycle", no_wrap=True, min_width=28)
+    table.add_column("cycle", no_wrap=True, min_width=24)
     for name in ("kind", "requester", "score", "candidate", "evidence", "requested"):
         table.add_column(name)
     for req in waiting:
@@ -254,7 +254,7 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
     ledger = open_ledger(settings.state_dir)
     if cycle is None:
         table = Table()
-        table.add_column("cycle", no_wrap=True, min_width=28)
+        table.add_column("cycle", no_wrap=True, min_width=24)
         for name in ("outcome", "recipe", "entries", "started"):
             table.add_column(name)
         for cid in ledger.cycles():
