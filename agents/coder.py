@@ -27,10 +27,10 @@ from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.errors import SandboxError
 from upgate.evals.diffparse import parse_diff, touched_paths
-from upgate.graphs.state import Artifact, Candidate, ModelRef, Proposal
 from upgate.hashing import sha256_tree
 from upgate.policy import UNPARSEABLE_PATH
 from upgate.prompts import load_prompt
+from upgate.records import Artifact, Candidate, ModelRef, Proposal
 from upgate.sandboxes.base import ExecResult, Mount, Sandbox
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from upgate.evals.evidence import (
 from upgate.evals.harness import CaseResult, ChatChoiceHarness
 from upgate.evals.stats import Comparison, compare, non_regression
 from upgate.evals.suite import Case, Suite, load_suite
-from upgate.graphs.state import Candidate, ModelRef, Proposal, Verdict
 from upgate.policy import Policy
 from upgate.prompts import load_prompt
+from upgate.records import Candidate, ModelRef, Proposal, Verdict
 from upgate.sandboxes.base import ExecResult, Mount, Sandbox
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from upgate.agents.recipes.catalog import RECIPES, recipe_menu
 from upgate.agents.structured import call_structured
-from upgate.graphs.state import ModelRef, Proposal
 from upgate.prompts import load_prompt
+from upgate.records import ModelRef, Proposal
 
 
 class _DraftBase(BaseModel):

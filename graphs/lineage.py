@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from upgate.graphs.deps import Deps
-from upgate.graphs.state import CycleState, ModelRef
+from upgate.graphs.state import CycleState
 from upgate.prompts import load_prompt
+from upgate.records import ModelRef
 
 
 def model_ref(deps: Deps, agent: str) -> ModelRef:

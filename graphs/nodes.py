@@ -23,8 +23,9 @@ from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
 from upgate.graphs.deps import Deps
 from upgate.graphs.lineage import lineage, model_ref, versions
-from upgate.graphs.state import Candidate, CycleState, Decision, Proposal, Verdict
+from upgate.graphs.state import CycleState
 from upgate.hashing import sha256_text
+from upgate.records import Candidate, Decision, Proposal, Verdict
 
 log = logging.getLogger(__name__)
 

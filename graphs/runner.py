@@ -16,7 +16,8 @@ from upgate.approvals import sign
 from upgate.errors import ApprovalError
 from upgate.graphs.builder import compile_graph, sqlite_checkpointer
 from upgate.graphs.deps import Deps
-from upgate.graphs.state import CycleState, Decision
+from upgate.graphs.state import CycleState
+from upgate.records import Decision
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from upgate.config import load_manifest
 from upgate.deploy.vllm import VllmAdmin
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.evals.suite import load_suite
-from upgate.graphs.state import Artifact, Candidate, ModelRef, Proposal, Verdict
 from upgate.hashing import sha256_tree
 from upgate.policy import ChangeKind, KindRule, Policy, load_policy
+from upgate.records import Artifact, Candidate, ModelRef, Proposal, Verdict
 from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, Sandbox
 from upgate.sandboxes.config import (
     DockerSandboxConfig,

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from upgate.errors import ApprovalError
-from upgate.graphs.state import Decision
 from upgate.hashing import canonical_json
+from upgate.records import Decision
 from upgate.store import Store
 
 AUTONOMOUS_REQUESTER = "upgate:autonomous"

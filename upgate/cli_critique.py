@@ -20,8 +20,8 @@ from upgate.config import load_settings
 from upgate.errors import ConfigError, UpgateError
 from upgate.graphs.lineage import model_ref, versions
 from upgate.graphs.nodes import export_tree
-from upgate.graphs.state import Candidate, Proposal
 from upgate.policy import ChangeKind
+from upgate.records import Candidate, Proposal
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

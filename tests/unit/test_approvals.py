@@ -22,7 +22,7 @@ from upgate.approvals import (
     signature_valid,
 )
 from upgate.errors import ApprovalError
-from upgate.graphs.state import Decision
+from upgate.records import Decision
 from upgate.store import Store
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 
 from upgate.agents import coder
 from upgate.deploy.vllm import ServedModel, VllmAdmin
-from upgate.graphs.state import Artifact
+from upgate.records import Artifact
 
 from .test_cycle import REVIEW, draft, make_runner
 
