@@ -14,10 +14,13 @@ import copy
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from upgate.errors import IdentityError
 from upgate.hashing import canonical_json, sha256_text
@@ -27,9 +30,12 @@ from upgate.identity import (
     Signer,
     check_public_key,
     generate_key,
+    key_file_free,
     load_signer,
     person_key_id,
+    public_hex,
     verify_hex,
+    write_key,
 )
 from upgate.ledger import Ledger
 from upgate.policy import Policy, parse_policy
@@ -195,14 +201,17 @@ def replay(store: Store, ledger: Ledger | None = None) -> Identities:
 
 
 def _commit(store: Store, ledger: Ledger, ids: Identities, signer: Signer, op: str,
-            fields: dict[str, Any]) -> Identities:
-    """Sign one record, check it applies, store it and append it to the ledger."""
+            fields: dict[str, Any], precheck: Callable[[], None] | None = None) -> Identities:
+    """Sign one record, check it applies (and `precheck`), store it, append it to the
+    ledger."""
     record = {"seq": ids.seq + 1, "prev": ids.head, "op": op, "by": signer.key_id,
               "at": datetime.now(UTC).isoformat(), **fields}
     raw = canonical_json(record)
     signature = signer.sign(raw.encode())
     after = copy.deepcopy(ids)
     _apply(after, record, signer.key_id, signature, raw)
+    if precheck is not None:
+        precheck()
     try:
         store.append_identity(raw, signer.key_id, signature, record["seq"])
     except ValueError as exc:
@@ -264,22 +273,38 @@ def init_state(store: Store, ledger: Ledger, *, admin: str, policy_text: str,
     return Registered(admin, token, public, path if made else None)
 
 
+def register_person(store: Store, ledger: Ledger, signer: Signer, name: str, *,
+                    public_key: str | None = None, key_dir: Path | None = None,
+                    rekey: bool = False) -> Registered:
+    """An admin registers a person (or re-keys them) with a public key; returns their new
+    login token. Without `public_key` a key pair is made and, once the signed record is
+    stored, its private key is written to `key_dir` for the admin to hand over."""
+    private = None
+    precheck = None
+    if public_key is None:
+        if key_dir is None:
+            raise IdentityError("give the person's public key, or a key folder to make one in")
+        folder = key_dir
+        if not rekey:
+            def precheck() -> None:
+                key_file_free(person_key_id(name), folder)
+        private = Ed25519PrivateKey.generate()
+        public_key = public_hex(private.public_key())
+    token, digest = _token()
+    _commit(store, ledger, replay(store, ledger), signer,
+            "person.rekey" if rekey else "person.add",
+            {"name": name, "public_key": check_public_key(public_key), "token_sha256": digest},
+            precheck)
+    path = None
+    if private is not None and key_dir is not None:
+        path = write_key(person_key_id(name), key_dir, private, replace=rekey)
+    return Registered(name, token, public_key, path)
+
+
 def add_person(store: Store, ledger: Ledger, signer: Signer, name: str, *,
                public_key: str) -> Registered:
     """An admin registers a person with their public key; returns their login token."""
-    token, digest = _token()
-    _commit(store, ledger, replay(store, ledger), signer, "person.add",
-            {"name": name, "public_key": check_public_key(public_key), "token_sha256": digest})
-    return Registered(name, token, public_key, None)
-
-
-def rekey_person(store: Store, ledger: Ledger, signer: Signer, name: str, *,
-                 public_key: str) -> Registered:
-    """An admin replaces a person's key (and login token)."""
-    token, digest = _token()
-    _commit(store, ledger, replay(store, ledger), signer, "person.rekey",
-            {"name": name, "public_key": check_public_key(public_key), "token_sha256": digest})
-    return Registered(name, token, public_key, None)
+    return register_person(store, ledger, signer, name, public_key=public_key)
 
 
 def remove_person(store: Store, ledger: Ledger, signer: Signer, name: str) -> None:

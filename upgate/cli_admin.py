@@ -96,42 +96,29 @@ def init_command(admin_name: Annotated[str, typer.Option(
     _say("The token logs in to the approval service; keep it and the key file private.")
 
 
+def _register(name: str, as_: str, public_key: str | None, config: Path | None,
+              key_dir: Path | None, *, rekey: bool) -> None:
+    with _state(config) as (settings, store, ledger):
+        signer = _admin_signer(settings, as_, key_dir)
+        result = admin.register_person(store, ledger, signer, name, public_key=public_key,
+                                       key_dir=_key_dir(settings, key_dir), rekey=rekey)
+    _say(f"{name}: token {result.token}")
+    _say(f"{name}: public key {result.public_key}")
+    if result.key_path is not None:
+        _say(f"{name}: private key {result.key_path}: hand it to {name} and delete it here")
+    _say("Roles come from the adopted policy's [roles] table.")
+
+
 def _person_add(name: str, as_: AdminOpt, public_key: PublicKeyOpt = None,
                 config: ConfigOpt = None, key_dir: KeyDirOpt = None) -> None:
     """An admin registers a person with their public key; prints their login token once."""
-    with _state(config) as (settings, store, ledger):
-        signer = _admin_signer(settings, as_, key_dir)
-        folder = _key_dir(settings, key_dir)
-        made_here = public_key is None
-        if public_key is None:
-            admin.replay(store, ledger)  # a broken state is reported before a key is made
-            public_key = generate_key(person_key_id(name), folder)
-        try:
-            result = admin.add_person(store, ledger, signer, name, public_key=public_key)
-        except IdentityError:
-            if made_here:
-                key_file(person_key_id(name), folder).unlink(missing_ok=True)
-            raise
-    _say(f"{name}: token {result.token}")
-    _say(f"{name}: public key {public_key}")
-    if made_here:
-        _say(f"{name}: private key {key_file(person_key_id(name), folder)}: hand it to "
-             f"{name} and delete it here")
-    _say("Roles come from the adopted policy's [roles] table.")
+    _register(name, as_, public_key, config, key_dir, rekey=False)
 
 
 def _person_rekey(name: str, as_: AdminOpt, public_key: PublicKeyOpt = None,
                   config: ConfigOpt = None, key_dir: KeyDirOpt = None) -> None:
     """An admin replaces a person's key (and login token); the old key stops verifying."""
-    with _state(config) as (settings, store, ledger):
-        signer = _admin_signer(settings, as_, key_dir)
-        folder = _key_dir(settings, key_dir)
-        if public_key is None:
-            admin.replay(store, ledger)
-            public_key = generate_key(person_key_id(name), folder, replace=True)
-        result = admin.rekey_person(store, ledger, signer, name, public_key=public_key)
-    _say(f"{name}: token {result.token}")
-    _say(f"{name}: public key {public_key}")
+    _register(name, as_, public_key, config, key_dir, rekey=True)
 
 
 def _person_remove(name: str, as_: AdminOpt, config: ConfigOpt = None,

@@ -108,23 +108,37 @@ def generate_key(key_id: str, key_dir: Path, *, replace: bool = False) -> str:
     An existing key file is kept unless `replace` (a re-key); the old one is then moved
     aside to `*.key.old` so nothing is lost by a mistaken command.
     """
+    private = Ed25519PrivateKey.generate()
+    write_key(key_id, key_dir, private, replace=replace)
+    return public_hex(private.public_key())
+
+
+def key_file_free(key_id: str, key_dir: Path) -> None:
+    """Raise unless a new key may be written for `key_id` in `key_dir`."""
+    path = key_file(key_id, key_dir)
+    if path.exists():
+        raise IdentityError(
+            f"{path} already exists; use it (`upgate person add NAME --public-key HEX`) "
+            "or re-key with `upgate person rekey`"
+        )
+
+
+def write_key(key_id: str, key_dir: Path, private: Ed25519PrivateKey, *,
+              replace: bool = False) -> Path:
+    """Write a private key file (0600) in a key folder."""
     path = key_file(key_id, key_dir)
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.exists():
-        if not replace:
-            raise IdentityError(
-                f"{path} already exists; use it (`upgate person add NAME --public-key HEX`) "
-                "or re-key with `upgate person rekey`"
-            )
+    if not replace:
+        key_file_free(key_id, key_dir)
+    elif path.exists():
         path.replace(path.with_suffix(".key.old"))
-    private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     log.info("wrote private key %s", path)
-    return public_hex(private.public_key())
+    return path
 
 
 def load_signer(key_id: str, key_dir: Path) -> KeySigner:
