@@ -29,7 +29,7 @@ from upgate.errors import SandboxError
 from upgate.evals.diffparse import parse_diff, touched_paths
 from upgate.hashing import sha256_tree
 from upgate.policy import UNPARSEABLE_PATH
-from upgate.prompts import load_prompt
+from upgate.prompts import DataFence, load_prompt
 from upgate.records import Artifact, Candidate, ModelRef, Proposal
 from upgate.sandboxes.base import ExecResult, Mount, Sandbox
 
@@ -209,16 +209,15 @@ def _edit_loop(
     box: Sandbox, ctx: CoderContext, p: Proposal, feedback: str, out: list[str]
 ) -> None:
     prompt = load_prompt("coder")
+    fence = DataFence.new()  # one random tag for this conversation; data cannot close it
     system = prompt.render(
-        max_steps=str(ctx.max_steps), proposal=p.model_dump_json(indent=1),
+        fence=fence, max_steps=str(ctx.max_steps), proposal=p.model_dump_json(indent=1),
         feedback=feedback or "none",
     )
     files = "\n".join(box.list_files("."))[:3000]
     history: list[BaseMessage] = [
         SystemMessage(content=system),
-        HumanMessage(
-            content=f"Files in the workspace:\n<data>\n{files}\n</data>\nYour first turn."
-        ),
+        HumanMessage(content=f"Files in the workspace:\n{fence.wrap(files)}\nYour first turn."),
     ]
     for step in range(ctx.max_steps):
         call = call_structured(ctx.model, history, ToolCall, name="tool_call", retries=ctx.retries)
@@ -228,5 +227,5 @@ def _edit_loop(
             break
         result = _run_tool(box, call)
         history.append(
-            HumanMessage(content=f"Result of {call.action}:\n<data>\n{result}\n</data>\nNext.")
+            HumanMessage(content=f"Result of {call.action}:\n{fence.wrap(result)}\nNext.")
         )
