@@ -21,6 +21,7 @@ from upgate.approvals import check_decision
 from upgate.deploy.git import branch_name, delete_branch, deploy_branch
 from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
+from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
 from upgate.graphs.lineage import lineage, model_ref, versions
 from upgate.graphs.state import CycleState
@@ -239,15 +240,8 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         except (AgentOutputError, UpgateError) as exc:
             _record(deps, state, "critique", "failed", {"reason": str(exc)}, attempt=attempt)
             return {"outcome": "failed", "reason": f"critic: {exc}"}
-    folder = deps.state_dir / "evidence" / state["cycle_id"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{verdict.evidence_hash[:16]}.json").write_text(verdict.evidence_json)
-    stem = verdict.evidence_hash[:16]
-    markdown = verdict.evidence_markdown
-    if verdict.evidence_svg:
-        (folder / f"{stem}.svg").write_text(verdict.evidence_svg)
-        markdown += f"\n\n![per-slice deltas and intervals]({stem}.svg)\n"
-    (folder / f"{stem}.md").write_text(markdown)
+    write_packet(deps.state_dir, state["cycle_id"], verdict.evidence_hash,
+                 verdict.evidence_json, verdict.evidence_markdown, verdict.evidence_svg)
     _record(deps, state, "critique", verdict.decision,
             {"verdict": verdict.decision, "reasons": list(verdict.reasons),
              "evidence_hash": verdict.evidence_hash, "baseline_score": verdict.baseline_score,

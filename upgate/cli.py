@@ -13,12 +13,14 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
 from upgate.approvals import add_person, authenticate
 from upgate.cli_critique import critique_command
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
-from upgate.errors import UpgateError
+from upgate.errors import EvalError, UpgateError
+from upgate.evidence_store import check_cycle_id, read_packet
 from upgate.graphs.runner import Runner
 from upgate.graphs.state import CycleState
 from upgate.ledger import open_ledger
@@ -62,55 +64,61 @@ def _runner(settings: Settings) -> Runner:
     return Runner(build_deps(settings))
 
 
-def _describe(node: str, data: dict[str, Any]) -> str:
+def _describe(node: str, data: dict[str, Any]) -> Text:
+    """One line about a node's result; every value in it is shown as text, never markup."""
     if data.get("outcome") in ("failed", "blocked", "rejected") and data.get("reason"):
-        return f"[red]{data['outcome']}[/red]: {data['reason']}"
+        return Text.assemble((str(data["outcome"]), "red"), f": {data['reason']}")
     if node == "observe":
         obs = data.get("observation", {})
-        return f"visible score {obs.get('visible_score', 'n/a')}"
+        return Text(f"visible score {obs.get('visible_score', 'n/a')}")
     if node == "propose" and data.get("proposal"):
         p = data["proposal"]
-        return f"{p['recipe']} ({p['kind']}) {p['args']}: {p['rationale'][:120]}"
+        return Text(f"{p['recipe']} ({p['kind']}) {p['args']}: {p['rationale'][:120]}")
     if node == "implement" and data.get("candidate"):
         c = data["candidate"]
-        return (f"candidate {c['content_hash'][:12]}, {len(c['changed_paths'])} file(s), "
-                f"{len(c['artifacts'])} artifact(s)")
+        return Text(f"candidate {c['content_hash'][:12]}, {len(c['changed_paths'])} file(s), "
+                    f"{len(c['artifacts'])} artifact(s)")
     if node == "critique" and data.get("verdict"):
         v = data["verdict"]
         score = ""
         if v.get("baseline_score") is not None:
             score = f" score {v['baseline_score']:.2f} -> {v['candidate_score']:.2f};"
-        return f"{v['decision']};{score} {'; '.join(v['reasons'])[:200]}"
+        return Text(f"{v['decision']};{score} {'; '.join(v['reasons'])[:200]}")
     if node == "deploy" and data.get("deployment"):
         d = data["deployment"]
-        return d.get("branch") or f"{d.get('alias')} -> {d.get('version_name')}"
-    return str(data.get("outcome", ""))
+        return Text(str(d.get("branch") or f"{d.get('alias')} -> {d.get('version_name')}"))
+    return Text(str(data.get("outcome", "")))
 
 
 def _progress(node: str, data: dict[str, Any]) -> None:
-    console.print(f"  [green]✓[/green] {node:<13} {_NODE_LABELS.get(node, '')}: "
-                  f"{_describe(node, data)}", highlight=False)
+    line = Text.assemble("  ", ("✓", "green"),
+                         f" {node:<13} {_NODE_LABELS.get(node, '')}: ", _describe(node, data))
+    console.print(line, highlight=False)
 
 
 def _finish(state: CycleState, runner: Runner) -> None:
-    cycle = state.get("cycle_id", "?")
-    outcome = state.get("outcome", "?")
+    cycle = str(state.get("cycle_id", "?"))
+    outcome = str(state.get("outcome", "?"))
     if outcome == "awaiting_approval":
         req = runner.pending(cycle) or {}
-        folder = runner.deps.state_dir / "evidence" / cycle
-        console.print(f"\n[bold yellow]Cycle {cycle} waits for a human decision.[/bold yellow]")
-        console.print(f"  evidence: {folder}/{req.get('evidence_hash', '')[:16]}.md "
-                      f"(or `upgate show {cycle}`)")
-        console.print(f"  candidate {req.get('candidate_hash', '')[:12]}, "
-                      f"requested by {req.get('requester')}")
-        console.print("  approve:  UPGATE_TOKEN=<token> upgate approve "
-                      f"{cycle} --as <approver>")
-        console.print("  reject:   UPGATE_TOKEN=<token> upgate reject "
-                      f"{cycle} --as <approver> --reason '...'")
+        console.print(Text(f"\nCycle {cycle} waits for a human decision.", "bold yellow"))
+        console.print(Text(f"  evidence: `upgate show {cycle}` (packet "
+                           f"{str(req.get('evidence_hash', ''))[:16]}, re-hashed when shown)"))
+        console.print(Text(f"  candidate {str(req.get('candidate_hash', ''))[:12]}, "
+                           f"requested by {req.get('requester')}"))
+        console.print(Text("  approve:  UPGATE_TOKEN=<token> upgate approve "
+                           f"{cycle} --as <approver>"))
+        console.print(Text("  reject:   UPGATE_TOKEN=<token> upgate reject "
+                           f"{cycle} --as <approver> --reason '...'"))
     else:
         colour = "green" if outcome == "deployed" else "red"
-        console.print(f"\nCycle {cycle}: [{colour}]{outcome}[/{colour}] "
-                      f"{state.get('reason', '')}")
+        console.print(Text.assemble(f"\nCycle {cycle}: ", (outcome, colour),
+                                    f" {state.get('reason', '')}"), highlight=False)
+
+
+def _cells(*values: object) -> list[Text]:
+    """Table cells shown as text: ledger and request values are never read as markup."""
+    return [Text(str(v)) for v in values]
 
 
 def _guard(fn: Any) -> Any:
@@ -118,7 +126,7 @@ def _guard(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UpgateError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False)
             raise typer.Exit(2) from None
 
     wrapper.__name__ = fn.__name__
@@ -201,22 +209,33 @@ def inbox(config: ConfigOpt = None) -> None:
         score = ""
         if req.get("baseline_score") is not None:
             score = f"{req['baseline_score']:.2f} -> {req['candidate_score']:.2f}"
-        table.add_row(req["cycle_id"], req.get("kind", ""), req.get("requester", ""), score,
-                      req["candidate_hash"][:12], req["evidence_hash"][:12],
-                      req["requested_at"][:19])
+        table.add_row(*_cells(req["cycle_id"], req.get("kind", ""), req.get("requester", ""),
+                              score, req["candidate_hash"][:12], req["evidence_hash"][:12],
+                              req["requested_at"][:19]))
     console.print(table)
 
 
 @app.command()
 @_guard
 def show(cycle: str, config: ConfigOpt = None) -> None:
-    """Show a cycle's evidence packet (what the approver reviews)."""
-    settings = _settings(config)
-    folder = settings.state_dir / "evidence" / cycle
-    packets = sorted(folder.glob("*.md"), key=lambda p: p.stat().st_mtime)
-    if not packets:
-        raise UpgateError(f"no evidence for cycle {cycle} in {folder}")
-    console.print(Markdown(packets[-1].read_text()))
+    """Show the evidence packet a cycle's approval request is bound to, re-hashed."""
+    check_cycle_id(cycle)
+    runner = _runner(_settings(config))
+    request = runner.pending(cycle)
+    if request is not None:
+        evidence_hash = str(request["evidence_hash"])
+        note = "the packet this cycle's approval request is bound to"
+    else:
+        critiques = [e for e in runner.deps.ledger.entries(cycle)
+                     if e.node == "critique" and e.payload.get("evidence_hash")]
+        if not critiques:
+            raise EvalError(f"cycle {cycle} has no evidence recorded in the ledger; "
+                            "see `upgate history`")
+        evidence_hash = str(critiques[-1].payload["evidence_hash"])
+        note = "not waiting for a decision: the packet of its last critique in the ledger"
+    packet = read_packet(runner.deps.state_dir, cycle, evidence_hash)
+    console.print(Text(f"{note}; hash {evidence_hash} verified", "dim"))
+    console.print(Markdown(packet.to_markdown()))
 
 
 def _decide(cycle: str, action: str, as_: str, token: str | None, reason: str,
@@ -252,6 +271,8 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
     """The ledger: every decision of one cycle, or a line per cycle."""
     settings = _settings(config)
     ledger = open_ledger(settings.state_dir)
+    if cycle is not None:
+        check_cycle_id(cycle)
     if cycle is None:
         table = Table()
         table.add_column("cycle", no_wrap=True, min_width=24)
@@ -260,20 +281,21 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
         for cid in ledger.cycles():
             entries = ledger.entries(cid)
             last = [e for e in entries if e.node == "record"]
-            table.add_row(cid, last[-1].event if last else "(open)",
-                          str(last[-1].payload.get("recipe", "")) if last else "",
-                          str(len(entries)), entries[0].at[:19])
+            table.add_row(*_cells(cid, last[-1].event if last else "(open)",
+                                  str(last[-1].payload.get("recipe", "")) if last else "",
+                                  str(len(entries)), entries[0].at[:19]))
         console.print(table)
         return
     table = Table("seq", "at", "node", "event", "detail", "hash")
     for e in ledger.entries(cycle):
         detail = {k: v for k, v in e.payload.items() if k != "lineage"}
-        table.add_row(str(e.seq), e.at[11:19], e.node, e.event, str(detail)[:160],
-                      e.hash[:10])
+        table.add_row(*_cells(str(e.seq), e.at[11:19], e.node, e.event, str(detail)[:160],
+                              e.hash[:10]))
     console.print(table)
     entries = ledger.entries(cycle)
     if entries:
-        console.print("lineage:", entries[-1].payload.get("lineage", {}), highlight=False)
+        console.print(Text(f"lineage: {entries[-1].payload.get('lineage', {})}"),
+                      highlight=False)
 
 
 @app.command()
@@ -286,7 +308,7 @@ def verify(config: ConfigOpt = None) -> None:
         console.print(f"[green]ledger OK[/green]: {report.entries} entries, chain intact")
         return
     for problem in report.problems:
-        err.print(f"[red]✗[/red] {problem}", highlight=False)
+        err.print(Text.assemble(("✗", "red"), f" {problem}"), highlight=False)
     raise typer.Exit(1)
 
 
