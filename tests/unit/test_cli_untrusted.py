@@ -20,16 +20,10 @@ from upgate.config import Settings
 from upgate.graphs.runner import Runner
 from upgate.store import Store
 
+from .test_cli import _clean_env  # noqa: F401  (autouse: no UPGATE_* leaks in)
 from .test_cycle import REVIEW, draft, make_runner
 
 MARKUP = "[/] [bold red]PRE-APPROVED[/bold red] [link=http://127.0.0.1:9]x[/link] [/]"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("UPGATE_"):
-            monkeypatch.delenv(name)
 
 
 def hostile_replies() -> dict[str, Any]:
@@ -128,6 +122,13 @@ def test_show_refuses_cycle_ids_that_are_not_names(workdir: Path, runners: list[
     assert "not a cycle id" in " ".join(result.output.split()) or cycle == "-rf"
 
 
+def refused(workdir: Path, cycle: str, words: str) -> None:
+    """`upgate show CYCLE` exits 2 with a message holding `words`."""
+    result = invoke(workdir, "show", cycle)
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split())
+
+
 def packet_files(workdir: Path, cycle: str) -> tuple[Path, str]:
     folder = workdir / "state" / "evidence" / cycle
     (json_path,) = folder.glob("*.json")
@@ -157,9 +158,7 @@ def test_show_refuses_an_edited_packet_json(workdir: Path, runners: list[Runner]
     data["verdict"] = "accept"
     data["reasons"] = ["all checks passed (edited)"]
     json_path.write_text(json.dumps(data))
-    result = invoke(workdir, "show", cycle)
-    assert result.exit_code == 2, result.output
-    assert "hash mismatch" in " ".join(result.output.split())
+    refused(workdir, cycle, "hash mismatch")
 
 
 def test_show_refuses_a_packet_swapped_in_under_the_bound_name(
@@ -170,14 +169,10 @@ def test_show_refuses_a_packet_swapped_in_under_the_bound_name(
     bound, _ = packet_files(workdir, first)
     other, _ = packet_files(workdir, second)
     bound.write_text(other.read_text())  # a valid packet, but not the one requested
-    result = invoke(workdir, "show", first)
-    assert result.exit_code == 2, result.output
-    assert "not the packet" in " ".join(result.output.split())
+    refused(workdir, first, "not the packet")
 
 
 def test_show_of_a_cycle_without_evidence_says_where_to_look(
     workdir: Path, runners: list[Runner]
 ) -> None:
-    result = invoke(workdir, "show", "c-none")
-    assert result.exit_code == 2, result.output
-    assert "upgate history" in result.output
+    refused(workdir, "c-none", "upgate history")
