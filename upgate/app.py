@@ -103,7 +103,7 @@ def build_deps(
     return Deps(
         settings=settings,
         policy=load_policy(settings.policy),
-        ledger=open_ledger(settings.state_dir),
+        ledger=open_ledger(settings.state_dir, settings.witness),
         store=store,
         manifest=manifest,
         suite=load_suite(Path(settings.target.suite)),

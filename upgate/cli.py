@@ -300,16 +300,30 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
 
 @app.command()
 @_guard
-def verify(config: ConfigOpt = None) -> None:
-    """Check the ledger's hash chain; exit 1 when any entry was edited, dropped or moved."""
+def verify(
+    config: ConfigOpt = None,
+    publish: Annotated[bool, typer.Option(
+        "--publish", help="First publish the current head to the witness (after an outage; "
+        "check the entries since the last witnessed head before you do).")] = False,
+) -> None:
+    """Check the ledger's chain and its witness; exit 1 on any rewrite, loss or edit."""
     settings = _settings(config)
-    report = open_ledger(settings.state_dir).verify()
-    if report.ok:
-        console.print(f"[green]ledger OK[/green]: {report.entries} entries, chain intact")
-        return
-    for problem in report.problems:
-        err.print(Text.assemble(("✗", "red"), f" {problem}"), highlight=False)
-    raise typer.Exit(1)
+    ledger = open_ledger(settings.state_dir, settings.witness)
+    if publish and not ledger.publish_head():
+        err.print(Text("the head could not be published; see the log", "red"))
+    report = ledger.verify()
+    if not report.ok:
+        for problem in report.problems:
+            err.print(Text.assemble(("✗", "red"), f" {problem}"), highlight=False)
+        raise typer.Exit(1)
+    console.print(Text.assemble(("ledger OK", "green"),
+                                f": {report.entries} entries, chain intact"), highlight=False)
+    if report.witness is None:
+        err.print(Text("warning: no [witness] is configured, so a rewritten and re-chained "
+                       "ledger, a truncated one or a deleted database cannot be detected "
+                       "(see SECURITY.md)", "yellow"), highlight=False)
+    else:
+        console.print(Text(f"checked against the witness: {report.witness}"), highlight=False)
 
 
 @app.command()
