@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from upgate.agents.recipes.catalog import PROMPT_VARIANTS
 from upgate.agents.structured import call_structured
+from upgate.artifacts import freeze_tree
 from upgate.config import TargetManifest
 from upgate.errors import SandboxError
 from upgate.evals.diffparse import parse_diff, touched_paths
@@ -171,6 +172,7 @@ def _lora_finetune(box: Sandbox, ctx: CoderContext, p: Proposal, out: list[str])
         if not final.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(staged, final)
+            freeze_tree(final)  # stored read-only; every load re-hashes it anyway
     alias = ctx.manifest.model_alias or "model"
     return Artifact(name=f"{alias}@{digest[:12]}", kind="adapter", path=str(final), sha256=digest)
 

@@ -25,7 +25,7 @@ from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
 from upgate.graphs.lineage import lineage, model_ref, versions
 from upgate.graphs.state import CycleState
-from upgate.hashing import sha256_text
+from upgate.hashing import sha256_text, sha256_tree
 from upgate.records import Candidate, Decision, Proposal, Verdict
 
 log = logging.getLogger(__name__)
@@ -406,14 +406,16 @@ def _deploy_model(deps: Deps, state: CycleState, candidate: Candidate,
     previous = deps.store.active_version(alias)
     served = deps.admin.models().get(alias)
     path = Path(adapter.path)
-    deps.admin.ensure_loaded(adapter.name, path)
+    deps.admin.ensure_loaded(adapter.name, path, expected_sha256=adapter.sha256)
     if previous is None and served is not None and served.root:
-        # Keep what the alias served before upgate's first swap loadable for rollback.
-        deps.store.record_served(alias, f"{alias}@initial", Path(served.root), "initial",
+        # Keep what the alias served before upgate's first swap loadable for rollback,
+        # under the content hash it has now, which every later load re-checks.
+        initial = sha256_tree(Path(served.root))
+        deps.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
                                  "initial", "initial")
-        deps.admin.ensure_loaded(f"{alias}@initial", Path(served.root))
+        deps.admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
         previous = deps.store.active_version(alias)
-    deps.admin.point_alias(alias, path)
+    deps.admin.point_alias(alias, path, expected_sha256=adapter.sha256)
     deps.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
                              state["cycle_id"])
     return {"target": "vllm", "deployment_id": deployment_id, "alias": alias,
@@ -473,7 +475,8 @@ def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         if deployment.get("target") == "vllm" and deps.admin is not None:
             previous = deployment.get("previous")
             if previous:
-                deps.admin.point_alias(deployment["alias"], Path(previous["path"]))
+                deps.admin.point_alias(deployment["alias"], Path(previous["path"]),
+                                       expected_sha256=previous["sha256"])
                 deps.store.reactivate(deployment["alias"], previous["deployment_id"])
                 detail = {"restored": previous["version_name"]}
         elif deployment.get("target") == "git":

@@ -19,7 +19,7 @@ from upgate.approvals import add_person, authenticate
 from upgate.cli_critique import critique_command
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
-from upgate.errors import EvalError, UpgateError
+from upgate.errors import EvalError, LedgerError, UpgateError
 from upgate.evidence_store import check_cycle_id, read_packet
 from upgate.graphs.runner import Runner
 from upgate.graphs.state import CycleState
@@ -329,7 +329,7 @@ def verify(
 @app.command()
 @_guard
 def reconcile(config: ConfigOpt = None) -> None:
-    """After a vLLM restart: point the alias at its active version, reload earlier ones."""
+    """After a vLLM restart: reload the versions the ledger shows approved and deployed."""
     from upgate.deploy.reconcile import reconcile as do_reconcile
 
     runner = _runner(_settings(config))
@@ -337,10 +337,18 @@ def reconcile(config: ConfigOpt = None) -> None:
     if not alias or runner.deps.admin is None:
         console.print("the target serves no model alias; nothing to reconcile")
         return
-    result = do_reconcile(runner.deps.store, runner.deps.admin, alias)
+    report = runner.deps.ledger.verify()
+    if not report.ok:
+        raise LedgerError("the ledger does not verify, so it cannot say what was approved: "
+                          + "; ".join(report.problems[:3]) + ". Run `upgate verify`.")
+    result = do_reconcile(runner.deps.store, runner.deps.admin, alias, runner.deps.ledger)
     runner.deps.ledger.append("admin", "reconcile", "reconciled", result)
-    console.print(f"{alias} -> {result['active'] or '(as the server started it)'}; "
-                  f"reloaded {result['loaded'] or 'nothing'}")
+    console.print(Text(f"{alias} -> {result['active'] or '(as the server started it)'}; "
+                       f"reloaded {result['loaded'] or 'nothing'}"), highlight=False)
+    for line in result["refused"]:
+        err.print(Text.assemble(("refused", "red"), f" {line}"), highlight=False)
+    if result["refused"]:
+        raise typer.Exit(1)
 
 
 @person_app.command("add")
