@@ -118,11 +118,12 @@ def test_other_changes_to_an_adapter_folder_are_refused(
 
 
 def approved_deploy(ledger: Ledger, cycle: str, version: str, digest: str,
-                    previous: dict[str, str] | None = None, *, approver: str = "bob") -> None:
+                    previous: dict[str, str] | None = None, *, approver: str = "bob",
+                    alias: str = "triage") -> None:
     """The ledger entries of a cycle whose model change a person approved and deployed."""
     ledger.append(cycle, "approve", "approve", {"approver": approver})
     ledger.append(cycle, "deploy", "deployed", {"deployment": {
-        "target": "vllm", "alias": "triage", "version_name": version,
+        "target": "vllm", "alias": alias, "version_name": version,
         "adapter_sha256": digest, "deployment_id": f"{cycle}-d", "previous": previous}})
 
 
