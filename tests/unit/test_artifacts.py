@@ -206,3 +206,27 @@ def test_the_ledger_view_needs_a_person_s_approval(tmp_path: Path) -> None:
     approved_deploy(ledger, "c7", "triage@z", "z")
     ledger.append("c7", "rollback", "rolled_back", {"restored": "triage@initial"})
     assert ledger_versions(ledger, "triage") == ({"triage@z": "z"}, "triage@z")
+
+
+def test_reconcile_refuses_to_act_on_a_ledger_that_does_not_verify(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from upgate import cli
+
+    from .test_cli_untrusted import hostile_replies
+    from .test_cycle import make_runner
+
+    ledger = Ledger(workdir / "state" / "ledger.sqlite")
+    approved_deploy(ledger, "c1", "triage@v1", "0" * 64)
+    ledger.close()
+    conn = sqlite3.connect(workdir / "state" / "ledger.sqlite", isolation_level=None)
+    conn.execute("DROP TRIGGER ledger_no_update")
+    conn.execute("UPDATE ledger SET payload = '{\"approver\":\"mallory\"}' WHERE seq = 1")
+    conn.close()
+    monkeypatch.setattr(cli, "_runner", lambda settings: make_runner(workdir,
+                                                                     hostile_replies())[0])
+    result = CliRunner().invoke(cli.app, ["reconcile", "--config", str(workdir / "upgate.toml")])
+    assert result.exit_code == 2, result.output
+    assert "does not verify" in " ".join(result.output.split())
