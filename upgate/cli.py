@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from upgate.approvals import prove_identity
-from upgate.cli_admin import init_command, policy_app
+from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_critique import critique_command
 from upgate.cli_sandbox import sandbox_app
@@ -25,7 +25,7 @@ from upgate.errors import EvalError, LedgerError, UpgateError
 from upgate.evidence_store import check_cycle_id, read_packet
 from upgate.graphs.runner import Runner, validate_cycle_id
 from upgate.graphs.state import CycleState
-from upgate.identity import default_key_dir, load_signer, person_key_id
+from upgate.identity import KeySigner, default_key_dir, load_signer, person_key_id
 from upgate.ledger import open_ledger
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ person_app = typer.Typer(help="People who may request and approve changes.",
 app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(policy_app, name="policy")
+app.add_typer(service_app, name="service")
 app.command("critique")(critique_command)
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
@@ -69,7 +70,7 @@ def _runner(settings: Settings, for_cycles: bool = True) -> Runner:
 
 
 def _identify(runner: Runner, name: str, key_dir: Path | None,
-              role: str | tuple[str, ...]) -> Any:
+              role: str | tuple[str, ...]) -> KeySigner:
     """The caller's signer, after proving they hold `name`'s registered key and a role."""
     from upgate.admin import replay
 
@@ -214,7 +215,7 @@ def resume(cycle: Annotated[str | None, typer.Argument()] = None,
 @_guard
 def inbox(config: ConfigOpt = None) -> None:
     """List the cycles waiting for a human decision, with their evidence."""
-    runner = _runner(_settings(config))
+    runner = _runner(_settings(config), for_cycles=False)
     waiting = runner.inbox()
     if not waiting:
         console.print("inbox is empty")
