@@ -340,8 +340,8 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
     table = Table("seq", "at", "node", "event", "detail", "hash")
     for e in ledger.entries(cycle):
         # What a reader looks for first (who decided, why) leads; the rest follows.
-        first: dict[str, Any] = {k: e.payload[k] for k in ("approver", "action", "outcome", "reason")
-                 if k in e.payload}
+        lead = ("approver", "action", "outcome", "reason")
+        first: dict[str, Any] = {k: e.payload[k] for k in lead if k in e.payload}
         detail: dict[str, Any] = {**first, **{k: v for k, v in e.payload.items()
                               if k != "lineage" and k not in first}}
         table.add_row(*_cells(str(e.seq), e.at[11:19], e.node, e.event, str(detail)[:160],
