@@ -19,9 +19,9 @@ from upgate.agents.critic import CriticContext, critique
 from upgate.config import load_settings
 from upgate.errors import ConfigError, UpgateError
 from upgate.graphs.lineage import model_ref, versions
-from upgate.graphs.nodes import export_tree
 from upgate.policy import ChangeKind
 from upgate.records import Candidate, Proposal
+from upgate.target_tree import export_tree
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
