@@ -3,7 +3,6 @@ idempotency key, so a node that runs again after a crash records (and deploys) o
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ from upgate.graphs.state import CycleState
 from upgate.hashing import sha256_text
 from upgate.records import Candidate, Decision, Deployment, Proposal, Verdict
 from upgate.target_tree import read_prompting, resolve_commit
-
-log = logging.getLogger(__name__)
 
 
 def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str, Any],

@@ -8,7 +8,6 @@ commit into the state folder and reused; nobody writes into it (sandboxes take c
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import tempfile
@@ -17,8 +16,6 @@ from typing import Any
 
 from upgate.config import TargetManifest
 from upgate.errors import UpgateError
-
-log = logging.getLogger(__name__)
 
 KEEP_TREES = 4
 """Exported trees kept in the cache (the newest by use); older ones are removed."""

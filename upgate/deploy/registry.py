@@ -49,7 +49,3 @@ def deployer_for(target: str, parts: DeployParts) -> Deployer:
         raise DeployError(f"no deployer for target {target!r}; known: {sorted(DEPLOYERS)}")
     return factory(parts)
 
-
-def deployer_for_kind(kind: ChangeKind, parts: DeployParts) -> Deployer:
-    """The deployer that puts a candidate of `kind` live."""
-    return deployer_for(TARGET_BY_KIND[kind], parts)
