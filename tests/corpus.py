@@ -936,6 +936,14 @@ class BaselineMemo(Sandbox):
         """The wrapped sandbox's diff."""
         return self.inner.diff()
 
+    def reset(self) -> None:
+        """Reset the wrapped sandbox."""
+        self.inner.reset()
+
+    def describe(self) -> str:
+        """The wrapped sandbox's description."""
+        return self.inner.describe()
+
 
 @dataclass
 class Judged:

@@ -21,9 +21,9 @@ from upgate.config import load_settings
 from upgate.errors import ConfigError, UpgateError
 from upgate.evidence_store import safe_cycle_id, write_packet
 from upgate.graphs.lineage import model_ref, versions
-from upgate.graphs.nodes import export_tree
 from upgate.policy import ChangeKind
 from upgate.records import Candidate, Proposal
+from upgate.target_tree import export_tree
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
