@@ -74,6 +74,8 @@ class TargetConfig(BaseModel):
 
     path: Path
     suite: Path
+    hidden_tests: Path | None = None
+    """Tests the owner keeps outside the target; only the critic runs them, in the sandbox."""
     base_branch: str = "main"
 
 
@@ -124,7 +126,7 @@ class Settings(BaseSettings):
 
 
 _PATH_KEYS = (("state_dir",), ("policy",), ("target", "path"), ("target", "suite"),
-              ("serving", "base_model_path"))
+              ("target", "hidden_tests"), ("serving", "base_model_path"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -204,6 +206,10 @@ class TargetManifest(BaseModel):
     sandbox_setup: str | None = None
     sandbox_packages: tuple[str, ...] = ()
     """Pinned packages (name==version) the target's tests need in the sandbox image."""
+    code_paths: tuple[str, ...] = ()
+    """`[code] paths`: where a code change may go (default: the package folders, `src/`)."""
+    test_paths: tuple[str, ...] = ()
+    """`[code] tests`: where the target's tests live (default: `tests/`, `test/`)."""
 
 
 _MANIFEST_KEYS: dict[str, tuple[str, ...]] = {
@@ -212,6 +218,7 @@ _MANIFEST_KEYS: dict[str, tuple[str, ...]] = {
     "prompt": ("file", "config_file", "labels"),
     "eval": ("suite",),
     "recipes": ("allowed",),
+    "code": ("paths", "tests"),
 }
 
 
@@ -252,6 +259,10 @@ def load_manifest(target_path: Path) -> TargetManifest:
                          ("labels", "labels")):
         if k_src in prompt:
             flat[k_dst] = prompt[k_src]
+    code = raw.get("code", {})
+    for k_src, k_dst in (("paths", "code_paths"), ("tests", "test_paths")):
+        if k_src in code:
+            flat[k_dst] = code[k_src]
     if "allowed" in raw.get("recipes", {}):
         flat["recipes"] = raw["recipes"]["allowed"]
     try:
