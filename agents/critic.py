@@ -170,11 +170,19 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
     (`rederive`), and every check below reads git's paths and the canonical diff.
     """
     policy, m = ctx.policy, ctx.manifest
+    rule = policy.rule(candidate.kind)
+    problems = [f"the policy does not allow {candidate.kind} changes"] if not rule.allowed else []
+    if rule.recipes is not None and proposal.recipe not in rule.recipes:
+        problems.append(f"the policy does not allow the {proposal.recipe} recipe")
     trusted = rederive(ctx.target_tree, candidate.diff)
-    checks: list[Check] = [check("diff_applies", trusted.applied, "block",
-                                 trusted.error or "git applies the diff to the baseline",
-                                 f"the candidate's diff does not apply: {trusted.error[:200]}")]
-    if not trusted.applied:
+    checks: list[Check] = [
+        check("policy", not problems, "block", "; ".join(problems) or
+              f"{candidate.kind} changes by {proposal.recipe} are allowed ({policy.version_id})",
+              "; ".join(problems)),
+        check("diff_applies", trusted.applied, "block",
+              trusted.error or "git applies the diff to the baseline",
+              f"the candidate's diff does not apply: {trusted.error[:200]}")]
+    if problems or not trusted.applied:
         return _verdict(ctx, proposal, candidate, checks, None, None, [], None)
     paths = list(trusted.paths)
     hits = protected_hits(paths, policy.all_protected())
@@ -195,7 +203,6 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
                             f"{proposal.recipe} changed {sorted(extra) or 'only its file'}",
                             f"detector recipe_scope: {proposal.recipe} may not change "
                             f"{sorted(extra)}"))
-    rule = policy.rule(candidate.kind)
     scope = default_scope(_tree_files(ctx.target_tree), m.code_paths, m.test_paths)
     baseline_files = read_baseline_files(ctx.target_tree, scope)
     if candidate.kind == "code":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -155,8 +155,19 @@ def find_config(explicit: Path | None = None) -> Path:
     return path
 
 
-def load_settings(path: Path | None = None) -> Settings:
-    """Load and validate settings; every error names the key and how to fix it."""
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+@overload
+def load_settings(path: Path | None = None) -> Settings: ...
+
+
+@overload
+def load_settings(path: Path | None, cls: type[SettingsT]) -> SettingsT: ...
+
+
+def load_settings(path: Path | None = None, cls: type[Settings] = Settings) -> Settings:
+    """Load and validate settings (as `cls`); every error names the key and how to fix it."""
     cfg = find_config(path)
     try:
         data = tomllib.loads(cfg.read_text())
@@ -164,7 +175,7 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(f"{cfg} is not valid TOML: {exc}") from exc
     _resolve_paths(data, cfg.parent.resolve())
     try:
-        settings = Settings(**data)
+        settings = cls(**data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, cfg)) from exc
     if not settings.state_dir.is_absolute():
