@@ -27,6 +27,7 @@ from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
 from upgate.errors import SandboxError
 from upgate.evals.diffparse import parse_diff, touched_paths
+from upgate.evals.gitdiff import tree_diff
 from upgate.hashing import sha256_tree
 from upgate.policy import UNPARSEABLE_PATH
 from upgate.prompts import load_prompt
@@ -49,6 +50,18 @@ def changed_paths(diff: str) -> tuple[str, ...]:
     if any(not f.paths for f in files):
         paths.add(UNPARSEABLE_PATH)
     return tuple(sorted(paths))
+
+
+def _host_diff(box: Sandbox, baseline: Path) -> str:
+    """The workspace's diff, computed on the host by upgate's own git (never the sandbox's).
+
+    Sandboxed code can write the workspace's `.git` (a `diff.external` driver, say); the
+    files are copied out without it and diffed against the baseline tree here.
+    """
+    with tempfile.TemporaryDirectory(prefix="upgate-coder-") as tmp:
+        out = Path(tmp) / "workspace"
+        box.copy_out(".", out)
+        return tree_diff(baseline, out)
 
 
 @dataclass
@@ -84,7 +97,7 @@ def implement(proposal: Proposal, ctx: CoderContext, feedback: str = "") -> Cand
             _edit_loop(box, ctx, proposal, feedback, log_lines)
         else:
             raise SandboxError(f"unknown recipe {proposal.recipe!r}")
-        diff = box.diff()
+        diff = _host_diff(box, ctx.target_tree)
     return Candidate(
         proposal_id=proposal.id,
         kind=proposal.kind,
