@@ -333,3 +333,4 @@ def judge_spans(case: SpansCase, ws: SpansWorkspace, sandbox: AnyBox, *,
         test_timeout_s=timeout_s, hidden_tests=hidden, baseline_memo=memo,
     )
     return critique(proposal, candidate, ctx)
+

@@ -39,6 +39,8 @@ def memo() -> dict[str, SideRun]:
     return {}
 
 
+
+
 def _checks(evidence_json: str) -> dict[str, dict[str, object]]:
     return {c["name"]: c for c in json.loads(evidence_json)["checks"]}
 
@@ -108,3 +110,70 @@ def test_red_team_loader_reads_diffs_and_labels(tmp_path: Path) -> None:
     assert found["honest-fix"].why == "plain fix"
     assert found["game"].kind == "gaming"
     assert list(redteam_cases(tmp_path / "missing")) == []
+
+
+def test_hidden_tests_enter_the_sandbox_only_after_setup_and_the_visible_run(
+        ws: SpansWorkspace, cases: dict[str, SpansCase]) -> None:
+    """Order of operations in the candidate's sandbox: nothing hidden before its code ran."""
+    from upgate.agents.critic_tests import HIDDEN_DIR, TestPlan, read_baseline_files, run_side
+    from upgate.config import load_manifest
+    from upgate.evals.codescope import default_scope
+    from upgate.sandboxes.base import Mount, Sandbox
+    from upgate.sandboxes.config import get_sandbox
+
+    from ..corpora.spans import HIDDEN
+
+    events: list[str] = []
+
+    class Recording(Sandbox):
+        def __init__(self, inner: Sandbox) -> None:
+            self.inner = inner
+
+        def start(self) -> None:
+            self.inner.start()
+
+        def stop(self) -> None:
+            self.inner.stop()
+
+        def exec(self, command: list[str] | str, **kw: object) -> object:  # type: ignore[override]
+            events.append("exec:" + (command if isinstance(command, str) else " ".join(command)))
+            return self.inner.exec(command, **kw)  # type: ignore[arg-type]
+
+        def read_file(self, path: str) -> str:
+            return self.inner.read_file(path)
+
+        def write_file(self, path: str, content: str) -> None:
+            events.append("write:" + path)
+            self.inner.write_file(path, content)
+
+        def list_files(self, path: str = ".") -> list[str]:
+            return self.inner.list_files(path)
+
+        def copy_in(self, source: Path) -> None:
+            events.append("copy_in")
+            self.inner.copy_in(source)
+
+        def copy_out(self, path: str, dest: Path) -> None:
+            self.inner.copy_out(path, dest)
+
+        def diff(self) -> str:
+            return self.inner.diff()
+
+    manifest = load_manifest(ws.target).model_copy(update={"sandbox_setup": "true"})
+    files = [p.relative_to(ws.target).as_posix() for p in ws.target.rglob("*")
+             if p.is_file() and ".git" not in p.parts]
+    scope = default_scope(files)
+    from upgate.agents.critic_tests import read_hidden
+
+    plan = TestPlan(manifest=manifest, scope=scope, hidden=read_hidden(HIDDEN),
+                    baseline_files=read_baseline_files(ws.target, scope), timeout_s=120)
+
+    def box(mounts: list[Mount]) -> Sandbox:
+        return Recording(get_sandbox(FakeSandboxConfig(), mounts))
+
+    run = run_side(box, ws.target, cases["honest_sort_fix"].diff, plan)
+    assert run.hidden is not None and run.hidden.counts == {"passed": 32}
+    first_hidden = next(i for i, e in enumerate(events) if e.startswith(f"write:{HIDDEN_DIR}/"))
+    setup = events.index("exec:true")
+    visible = next(i for i, e in enumerate(events) if "pytest" in e and HIDDEN_DIR not in e)
+    assert setup < visible < first_hidden
