@@ -56,7 +56,14 @@ class TestPlan:
             w.endswith("pytest") for w in shlex.split(self.manifest.test_command)[:3])
 
     def visible_paths(self) -> list[str]:
-        """The test folders the baseline has (pytest collects from these)."""
+        """What pytest collects: the paths `test_command` names, else the test folders."""
+        words = shlex.split(self.manifest.test_command)
+        after = words[next((i for i, w in enumerate(words) if w.endswith("pytest")), 0) + 1:]
+        named = [w.rstrip("/") for w in after if not w.startswith("-") and any(
+            p == w.rstrip("/") or p.startswith(w.rstrip("/") + "/")
+            for p in self.baseline_files)]
+        if named:
+            return named
         tops = {p.split("/", 1)[0] for p in self.baseline_files}
         return [t for t in self.scope.tests if t.strip("/") in tops] or ["."]
 

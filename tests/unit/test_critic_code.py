@@ -277,3 +277,21 @@ def test_candidates_are_served_under_candidate_names_never_the_alias(tmp_path: P
     with double.serve(adapter):
         pass
     assert double.calls == [("load", name), ("unload", name)]
+
+
+def test_the_trusted_run_collects_what_the_test_command_names(tree: Path) -> None:
+    from upgate.agents.critic_tests import TestPlan, read_baseline_files
+    from upgate.config import TargetManifest
+
+    files = read_baseline_files(tree, SCOPE)
+    (tree / "tests" / "slow").mkdir()
+    plan = TestPlan(manifest=TargetManifest(name="t", test_command="python3 -m pytest -q tests"),
+                    scope=SCOPE, baseline_files=files)
+    assert plan.pytest and plan.visible_paths() == ["tests"]
+    named = TestPlan(manifest=TargetManifest(
+        name="t", test_command="python3 -m pytest -q -k 'not x' tests/test_core.py"),
+        scope=SCOPE, baseline_files=files)
+    assert named.visible_paths() == ["tests/test_core.py"]
+    other = TestPlan(manifest=TargetManifest(name="t", test_command="make check"),
+                     scope=SCOPE, baseline_files=files)
+    assert not other.pytest
