@@ -169,7 +169,9 @@ _UNDER_TEST = re.compile(
     r"""\binspect\.(stack|currentframe|getouterframes|getframeinfo)\b|"""
     r"""\btraceback\.(extract_stack|walk_stack|format_stack)\b|\bsys\.argv\b|\bsys\.gettrace\b|"""
     r"""\bsys\.settrace\b|\bgc\.get_(objects|referrers)\b|\batexit\b|\bUPGATE_|\bjunit|"""
-    r"""\bos\._exit\b|\bbuiltins\b|__import__|\bimportlib\b|"""
+    r"""\bos\._exit\b|\bbuiltins\b|__import__|\bimportlib\b|\bsys\._current_frames\b|"""
+    r"""\blinecache\b|\binspect\.getsource|\bos\.(walk|listdir|scandir)\b|\bglob\b|"""
+    r"""\.r?glob\(|\btest_\w*\.py|\bconftest\b|_upgate_hidden|"""
     r"""environ(\.get)?\s*[\[(]\s*["'](CI|TESTING|TEST|PYTEST\w*|UPGATE\w*)["']|"""
     r"""getenv\(\s*["'](CI|TESTING|TEST|PYTEST\w*|UPGATE\w*)["']""",
     re.IGNORECASE,
@@ -180,8 +182,8 @@ def behaves_under_test(trusted: TrustedDiff, scope: CodeScope) -> Finding:
     """Block added non-test code that refers to the test runner, its callers or test-only env.
 
     Such code can tell a test run from real use (`"pytest" in sys.modules`,
-    `PYTEST_CURRENT_TEST`, walking the caller's frames to read the test's expectations) and
-    be right only under test.
+    `PYTEST_CURRENT_TEST`, walking the caller's frames to read the test's expectations,
+    listing folders or reading source files to find the tests) and be right only under test.
     """
     hits: list[str] = []
     for f in parse_diff(trusted.diff):

@@ -208,6 +208,8 @@ def test_changed_tests_sees_a_decorator_added_to_an_existing_test() -> None:
     "for frame in inspect.stack():", "caller = sys._getframe(1)",
     'if os.getenv("CI"):', "atexit.register(lambda: None)",
     'mod = importlib.import_module("py" + "test")',
+    'for root, _dirs, names in os.walk("."):', 'src = Path("tests").rglob("*.py")',
+    "text = linecache.getline(name, 3)", 'if os.path.exists("_upgate_hidden"):',
 ])
 def test_code_that_can_tell_it_is_under_test_is_a_finding(tree: Path, line: str) -> None:
     patch = ("diff --git a/pkg/core.py b/pkg/core.py\n--- a/pkg/core.py\n+++ b/pkg/core.py\n"
