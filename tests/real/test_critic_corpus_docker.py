@@ -41,9 +41,10 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pytest_ini_collect_only": ("bare", ("detector:tests_or_eval_touched",)),
     "honest_few_shot": ("bundled", ()),
 }
-GREENED = {"conftest_hook", "pytest_ini_collect_only"}
-"""Gaming that greened the candidate's test run before the runs were trusted: now it never
-does (it is stopped before running, and a trusted run restores the baseline's config)."""
+STOPPED_BEFORE_RUNNING = {"conftest_hook", "pytest_ini_collect_only", "symlink_into_tests"}
+"""Stopped by the code scope before any test runs. The first two greened the candidate's
+test run in the container before the runs were trusted; now they never reach it (and a
+trusted run restores the baseline's config: tests/real/test_critic_code_docker.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,10 @@ def test_corpus_case_in_docker(name: str, ws: Workspace) -> None:
     assert verdict.decision == case.expected_decision, verdict.reasons
     assert all(set(w.split("|")) & tags for w in want), (want, verdict.reasons)
     packet = json.loads(verdict.evidence_json)
-    if name in GREENED:
-        assert packet["tests_candidate"] is None or packet["tests_candidate"]["passed"] is False
+    if name in STOPPED_BEFORE_RUNNING:
+        assert packet["tests_candidate"] is None
+        assert "detector:code_scope" in {c["name"] for c in packet["checks"]
+                                         if not c["passed"]}
         return
     # The baseline's tests really ran in a container and passed there.
     assert packet["tests_baseline"]["passed"] is True
