@@ -203,7 +203,8 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
                             f"{proposal.recipe} changed {sorted(extra) or 'only its file'}",
                             f"detector recipe_scope: {proposal.recipe} may not change "
                             f"{sorted(extra)}"))
-    scope = default_scope(_tree_files(ctx.target_tree), m.code_paths, m.test_paths)
+    tree_files = _tree_files(ctx.target_tree)
+    scope = default_scope(tree_files, m.code_paths, m.test_paths)
     baseline_files = read_baseline_files(ctx.target_tree, scope)
     if candidate.kind == "code":
         checks.append(scope_check(trusted, scope, baseline_files))
@@ -220,7 +221,7 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
     has_eval = "eval" in rule.checks and ctx.suite is not None
     if "tests" in rule.checks:
         plan = TestPlan(manifest=m, scope=scope,
-                        baseline_files=baseline_files,
+                        baseline_files=baseline_files, baseline_paths=frozenset(tree_files),
                         hidden=read_hidden(ctx.hidden_tests) if ctx.hidden_tests else {},
                         timeout_s=ctx.test_timeout_s)
         tests = run_tests(ctx.sandbox, ctx.target_tree, trusted, plan,

@@ -47,6 +47,8 @@ class TestPlan:
     """Runner-sensitive files of the baseline (tests, conftests, config), path -> text."""
     hidden: Mapping[str, str] = field(default_factory=dict)
     """Hidden test files, relative path -> text."""
+    baseline_paths: frozenset[str] = frozenset()
+    """Every file of the baseline (binary ones too): only files it lacks count as stray."""
     timeout_s: float = 600.0
 
     @property
@@ -102,8 +104,9 @@ def read_hidden(folder: Path) -> dict[str, str]:
 
 
 def _restore(box: Sandbox, plan: TestPlan) -> None:
+    known = plan.baseline_paths or frozenset(plan.baseline_files)
     stray = [f for f in box.list_files()
-             if runner_sensitive(f, plan.scope) and f not in plan.baseline_files
+             if runner_sensitive(f, plan.scope) and f not in known
              and not any(k in f + "/" for k in _METADATA_KEEP)]
     if stray:
         box.exec(["rm", "-rf", "--", *stray], timeout_s=60)

@@ -297,3 +297,32 @@ def test_the_trusted_run_collects_what_the_test_command_names(tree: Path) -> Non
     other = TestPlan(manifest=TargetManifest(name="t", test_command="make check"),
                      scope=SCOPE, baseline_files=files)
     assert not other.pytest
+
+
+def test_restoring_keeps_binary_test_fixtures_and_drops_a_planted_conftest(tree: Path) -> None:
+    """Stray files are those the baseline lacks; its binary fixtures stay in place."""
+    from upgate.agents.critic_tests import TestPlan, read_baseline_files, run_side
+    from upgate.config import TargetManifest
+    from upgate.sandboxes.base import Mount, Sandbox
+    from upgate.sandboxes.config import FakeSandboxConfig, get_sandbox
+
+    (tree / "tests" / "blob.bin").write_bytes(b"\xff\xfe\x00")
+    (tree / "tests" / "test_blob.py").write_text(
+        "from pathlib import Path\n\n\ndef test_blob():\n"
+        "    assert (Path(__file__).parent / 'blob.bin').read_bytes() == b'\\xff\\xfe\\x00'\n")
+    planted = tree.parent / "planted"
+    shutil.copytree(tree, planted)
+    (planted / "tests" / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(autouse=True)\ndef boom():\n    raise SystemExit(3)\n")
+    diff = tree_diff(tree, planted)
+    files = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    plan = TestPlan(manifest=TargetManifest(name="t", test_command="python3 -m pytest tests"),
+                    scope=SCOPE, baseline_files=read_baseline_files(tree, SCOPE),
+                    baseline_paths=frozenset(files), timeout_s=120)
+
+    def box(mounts: list[Mount]) -> Sandbox:
+        return get_sandbox(FakeSandboxConfig(), mounts)
+
+    run = run_side(box, tree, diff, plan, hidden=False)
+    assert run.visible.outcomes == {"tests.test_blob::test_blob": "passed",
+                                    "tests.test_core::test_f": "passed"}, run.visible
