@@ -99,17 +99,20 @@ def test_a_tiny_training_run_saves_a_trained_adapter(
     out = tmp_path / "adapter"
     result = run_training(
         train_python, model_dir, out,
-        "--max-examples", "8", "--epochs", "1", "--batch-size", "4", "--rank", "4", "--alpha", "8",
+        "--max-examples", "8", "--augment", "1", "--epochs", "1", "--batch-size", "4",
+        "--rank", "4", "--alpha", "8",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     epochs = [e for e in events if e["event"] == "epoch"]
     (summary,) = [e for e in events if e["event"] == "done"]
     assert [e["epoch"] for e in epochs] == [1]
-    assert epochs[0]["steps"] == 2
+    # 8 cases and one rewrite of each: 16 examples, 4 steps of 4
+    assert epochs[0]["steps"] == 4
     assert math.isfinite(epochs[0]["loss"]) and epochs[0]["loss"] > 0
     assert math.isfinite(summary["final_loss"])
-    assert summary["examples"] == 8
+    assert (summary["cases"], summary["augmented"], summary["examples"]) == (8, 8, 16)
+    assert summary["hyperparameters"]["augment"] == 1
     assert summary["files"] == ["adapter_config.json", "adapter_model.safetensors"]
 
     config = json.loads((out / "adapter_config.json").read_text())
