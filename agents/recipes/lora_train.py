@@ -13,7 +13,7 @@ generation prompt and tokenized without added special tokens, exactly as vLLM re
 request; the reply is the label's tokens and the end-of-turn token, which is what vLLM's
 guided choice makes the model generate. Only the reply tokens carry loss.
 
-With --augment K (default 4) each case also yields K label-preserving rewrites, made by
+With --augment K (default 3) each case also yields K label-preserving rewrites, made by
 deterministic code from the case itself (seeded by --seed): a greeting or a sign-off, a
 plainer or more casual register, common synonyms, other numbers and names, a typo, lower
 case. A model trained on one phrasing of each ticket learns the phrasing; trained on many,
@@ -65,8 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
     parser.add_argument("--dropout", type=float, default=0.05)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--augment", type=int, default=4, help="rewrites per case (0: none)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--augment", type=int, default=3, help="rewrites per case (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
