@@ -307,6 +307,28 @@ def reconcile(config: ConfigOpt = None) -> None:
                   f"reloaded {result['loaded'] or 'nothing'}")
 
 
+@app.command()
+@_guard
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Listen address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Listen port.")] = 8765,
+    secure_cookies: Annotated[bool, typer.Option(
+        help="Mark the session cookie Secure (when a TLS proxy fronts the service).")] = False,
+) -> None:
+    """The approval service: HTTP API (docs at /docs) and the chat page, on one port."""
+    from upgate.server.app import is_loopback
+    from upgate.server.app import serve as run_service
+
+    runner = _runner(_settings(config))
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] listening on {host}, not loopback: put a TLS "
+                  "proxy in front (see the README) and pass --secure-cookies", highlight=False)
+    console.print(f"upgate approval service on http://{host}:{port}/ (API docs: /docs)",
+                  highlight=False)
+    run_service(runner, host=host, port=port, secure_cookies=secure_cookies)
+
+
 @person_app.command("add")
 @_guard
 def person_add(name: str, config: ConfigOpt = None) -> None:
