@@ -20,8 +20,7 @@ from upgate.server.ask import messages_for
 from ..conftest import make_target_repo, write_config
 from .test_cycle import REVIEW, branches, draft, make_runner
 
-ANSWER = json.dumps({"answer": "Hidden split went from 0.25 to 1.0.",
-                     "cites": ["comparison", "checks"], "found": True})
+ANSWER = json.dumps({"source": "comparison", "answer": "Hidden split went from 0.25 to 1.0."})
 
 
 @pytest.fixture(scope="module")
@@ -210,24 +209,22 @@ def test_hitl_responses_map_onto_decisions(waiting: Any) -> None:
     csrf = login(client, "bob", tokens["bob"])
     evidence = runner.pending(cycle)["evidence_hash"]  # type: ignore[index]
     res = client.post(f"/api/cycles/{cycle}/hitl", headers=csrf, json={
-        "type": "response", "args": "why?", "evidence_hash": evidence})
-    assert res.status_code == 200 and res.json()["question"] == "why?"
+        "type": "response", "args": "how did the hidden split move?", "evidence_hash": evidence})
+    assert res.status_code == 200, res.text
+    assert res.json()["question"] == "how did the hidden split move?"
     res = client.post(f"/api/cycles/{cycle}/hitl", headers=csrf, json={
         "type": "ignore", "args": "not now", "evidence_hash": evidence})
     assert res.status_code == 200 and res.json()["outcome"] == "rejected"
     assert "not now" in res.json()["reason"]
 
 
-@pytest.mark.parametrize(("answer", "cites", "grounded", "note"), [
-    (ANSWER, ["comparison", "checks"], True, "Grounded in the packet"),
-    (json.dumps({"answer": "No idea.", "cites": ["comparison"], "found": False}), [], False,
+@pytest.mark.parametrize(("answer", "cites", "note"), [
+    (ANSWER, ["comparison"], "Grounded in the packet's comparison section"),
+    (json.dumps({"source": "not_in_packet", "answer": "No idea."}), [],
      "does not hold the answer"),
-    (json.dumps({"answer": "Trust me.", "cites": [], "found": True}), [], False,
-     "unsupported"),
 ])
 def test_answers_cite_the_packet_or_say_they_cannot(waiting: Any, answer: str,
-                                                    cites: list[str], grounded: bool,
-                                                    note: str) -> None:
+                                                    cites: list[str], note: str) -> None:
     runner, cycle, tokens = waiting
     client = client_for(runner, answer)
     csrf = login(client, "bob", tokens["bob"])
@@ -237,17 +234,40 @@ def test_answers_cite_the_packet_or_say_they_cannot(waiting: Any, answer: str,
                             "evidence_hash": evidence})
     assert res.status_code == 200, res.text
     reply = res.json()
-    # Only sections the model was shown count as citations; the rest are dropped.
-    packet = client.get(f"/api/evidence/{evidence}").json()["packet"]
-    _, shown = messages_for("why did the hidden split move?", packet)
-    assert "comparison" in shown and "checks" not in shown
-    cites = [c for c in cites if c in shown]
-    assert reply["cites"] == cites and reply["grounded"] is grounded and note in reply["note"]
-    assert set(reply["excerpts"]) == set(cites)
+    assert reply["cites"] == cites and reply["grounded"] is bool(cites)
+    assert note in reply["note"]
+    assert list(reply["excerpts"]) == cites
+    if cites:
+        assert "split hidden" in reply["excerpts"]["comparison"]
     events = [(e.event, e.payload) for e in runner.deps.ledger.entries(cycle) if e.node == "chat"]
     assert [e for e, _ in events] == ["question", "answer"]
     assert events[1][1]["question"] == "why did the hidden split move?"
     assert events[1][1]["cites"] == cites
+
+
+def test_a_citation_of_a_section_the_model_was_not_shown_is_refused(waiting: Any) -> None:
+    runner, cycle, tokens = waiting
+    question = "why did the hidden split move?"
+    evidence = runner.pending(cycle)["evidence_hash"]  # type: ignore[index]
+    client = client_for(runner, json.dumps({"source": "checks", "answer": "All passed."}))
+    csrf = login(client, "bob", tokens["bob"])
+    packet = client.get(f"/api/evidence/{evidence}").json()["packet"]
+    assert "checks" not in messages_for(question, packet)[1]
+    res = client.post(f"/api/cycles/{cycle}/ask", headers=csrf,
+                      json={"question": question, "evidence_hash": evidence})
+    assert res.status_code == 502 and "no valid packet_answer" in res.json()["detail"]
+    events = [e.event for e in runner.deps.ledger.entries(cycle) if e.node == "chat"]
+    assert events == ["question", "answer_failed"]
+
+
+def test_a_question_about_another_cycles_packet_is_refused(waiting: Any) -> None:
+    runner, cycle, tokens = waiting
+    client = client_for(runner)
+    csrf = login(client, "bob", tokens["bob"])
+    evidence = runner.pending(cycle)["evidence_hash"]  # type: ignore[index]
+    res = client.post("/api/cycles/c-other/ask", headers=csrf,
+                      json={"question": "why?", "evidence_hash": evidence})
+    assert res.status_code == 404
 
 
 def test_the_event_stream_follows_the_ledger_node_by_node(waiting: Any) -> None:

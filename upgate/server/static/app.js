@@ -200,6 +200,7 @@ async function openCycle(cycleId) {
   $("conversation").hidden = false;
   $("cycle-title").textContent = `Cycle ${cycleId}`;
   $("outcome").textContent = view.outcome;
+  $("cycle-reason").textContent = view.reason || "";
   $("evidence-hash").textContent = hash || "(none yet)";
   $("decision-result").textContent = "";
   $("decision-result").className = "";
@@ -263,6 +264,7 @@ async function decide(action) {
     result.textContent = `${action}: outcome ${view.outcome}` +
       (d ? `, deployed ${d.branch || `${d.alias} -> ${d.version_name}`}` : "");
     $("outcome").textContent = view.outcome;
+    $("cycle-reason").textContent = view.reason || "";
     $("decide").hidden = !view.pending;
     renderTimeline(view);
     await loadLists();
