@@ -89,3 +89,11 @@ def serve(root: Path, tokens: dict[str, str], cycles: list[str]) -> Iterator[Ser
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def served_cycles(vllm_root: str, root: Path, n: int) -> Iterator[Served]:
+    """`n` waiting cycles in `root`, and the service over them, until the block ends."""
+    tokens, cycles = waiting_cycles(root, vllm_root, n)
+    with serve(root, tokens, cycles) as s:
+        yield s

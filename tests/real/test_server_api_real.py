@@ -16,16 +16,14 @@ import pytest
 
 from upgate.server.packets import SECTIONS
 
-from .serving import Served, serve, waiting_cycles
+from .serving import Served, served_cycles
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
 def served(vllm_root: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("api")
-    tokens, cycles = waiting_cycles(root, vllm_root, 1)
-    with serve(root, tokens, cycles) as s:
+    with served_cycles(vllm_root, tmp_path_factory.mktemp("api"), 1) as s:
         yield s
 
 

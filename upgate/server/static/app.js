@@ -108,7 +108,17 @@ function msg(who, cls, ...children) {
 
 function kv(obj) {
   return el("table", {}, ...Object.entries(obj || {}).map(([k, v]) =>
-    el("tr", {}, el("th", {}, k), el("td", {}, typeof v === "object" ? JSON.stringify(v) : v))));
+    el("tr", {}, el("th", {}, k), el("td", {}, show(v)))));
+}
+
+// A value as text: model references as one line each, other objects as JSON.
+function show(v) {
+  if (v === null || typeof v !== "object") return v === null ? "" : v;
+  const refs = Object.values(v);
+  if (refs.length && refs.every((r) => r && typeof r === "object" && "prompt_hash" in r)) {
+    return el("ul", {}, ...refs.map((r) => el("li", {}, madeBy(r))));
+  }
+  return JSON.stringify(v);
 }
 
 function fmt(x) { return typeof x === "number" ? x.toFixed(3) : String(x); }
