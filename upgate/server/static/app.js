@@ -65,6 +65,8 @@ $("login-form").addEventListener("submit", async (ev) => {
     $("login-token").value = "";
     showError("");
     await loadLists();
+    const wanted = new URLSearchParams(location.search).get("cycle");
+    if (wanted) await openCycle(wanted);
   } catch (e) { showError(`login refused: ${e.message}`); }
 });
 
