@@ -4,6 +4,7 @@ real vLLM endpoint from its settings to answer questions)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,14 +16,16 @@ from pathlib import Path
 
 import httpx
 
-from upgate.approvals import add_person
+from upgate import guard
 from upgate.graphs.runner import Runner
+from upgate.server.keys import service_signer
 
 from ..conftest import make_target_repo, write_config
 from ..unit.test_cycle import REVIEW, draft, make_runner
+from ..unit.test_server_api import people
 
-PEOPLE = ("carol", "bob", "dave")
-"""carol requests (and is an approver under the test policy), bob approves, dave only views."""
+# People (tests.conftest's policy): alice admin; carol requests and is an approver; bob
+# approves; dave holds no role.
 
 
 @dataclass
@@ -35,8 +38,10 @@ class Served:
     cycles: list[str]
 
     def runner(self) -> Runner:
-        """A Runner of the test process (scripted models) on the same state folder."""
-        runner, _ = make_runner(self.root, {"proposal": draft(), "review": REVIEW})
+        """A Runner of the test process (scripted models, the fake sandbox: use it inside
+        `fake_sandbox_allowed()` to run nodes) on the same state folder."""
+        with fake_sandbox_allowed():
+            runner, _ = make_runner(self.root, {"proposal": draft(), "review": REVIEW})
         return runner
 
 
@@ -47,17 +52,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def fake_sandbox_allowed() -> Iterator[None]:
+    """The test process's own cycles run in the fake sandbox (test code may allow it)."""
+    guard.ALLOW_FAKE_SANDBOX = True
+    try:
+        yield
+    finally:
+        guard.ALLOW_FAKE_SANDBOX = False
+
+
 def waiting_cycles(root: Path, vllm_root: str, n: int) -> tuple[dict[str, str], list[str]]:
-    """A target, a config whose agents use the real vLLM server, and `n` waiting cycles."""
+    """A target, a config whose agents use the real vLLM server, people with keys, the
+    service's key registered, and `n` waiting cycles."""
     make_target_repo(root / "target")
     write_config(root, base_url=f"{vllm_root}/v1", serving_url=vllm_root, model="smollm2")
-    runner, _ = make_runner(root, {"proposal": draft(), "review": REVIEW})
-    tokens = {p: add_person(runner.deps.store, p) for p in PEOPLE}
+    _, tokens = people(root)
     cycles = []
-    for _ in range(n):
-        state = runner.start("carol")
-        assert state["outcome"] == "awaiting_approval", state.get("reason")
-        cycles.append(state["cycle_id"])
+    with fake_sandbox_allowed():
+        runner, _ = make_runner(root, {"proposal": draft(), "review": REVIEW})
+        service_signer(runner, "approvals", root / "keys", register_as="alice")
+        for _ in range(n):
+            state = runner.start("carol")
+            assert state["outcome"] == "awaiting_approval", state.get("reason")
+            cycles.append(state["cycle_id"])
     return tokens, cycles
 
 
@@ -66,9 +84,12 @@ def serve(root: Path, tokens: dict[str, str], cycles: list[str]) -> Iterator[Ser
     """`upgate serve` as a subprocess on a free loopback port, until the block ends."""
     port = free_port()
     log = (root / "serve.log").open("w")
+    # The service process runs no candidate code here (it answers, decides and deploys a git
+    # branch), but it refuses the fake sandbox outright: give it the docker backend.
+    env = {**os.environ, "UPGATE_SANDBOX__TYPE": "docker", "UPGATE_KEY_DIR": str(root / "keys")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "upgate.cli", "serve", "--config", str(root / "upgate.toml"),
-         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=root)
+         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):

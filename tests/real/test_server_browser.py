@@ -19,8 +19,9 @@ import pytest
 
 from upgate.server import decisions
 from upgate.server.ask import NOT_IN_PACKET
+from upgate.server.keys import service_signer
 
-from .serving import Served, served_cycles
+from .serving import Served, fake_sandbox_allowed, served_cycles
 
 pytestmark = pytest.mark.real
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -164,8 +165,10 @@ def test_a_stale_page_is_refused_then_the_new_packet_is_approved(browser: object
     shown = page.inner_text("#evidence-hash")  # type: ignore[attr-defined]
     # Meanwhile someone requests changes: the cycle is rebuilt and critiqued again.
     runner = served.runner()
-    decisions.decide(runner, cycle, action="request_changes", person="bob",
-                     reason="fewer examples", evidence_hash=shown)
+    service = service_signer(runner, "approvals", served.root / "keys")
+    with fake_sandbox_allowed():
+        decisions.decide(runner, cycle, action="request_changes", person="bob",
+                         reason="fewer examples", evidence_hash=shown, signer=service)
     fresh = runner.pending(cycle)
     assert fresh is not None and fresh["evidence_hash"] != shown
     page.click("#approve")  # type: ignore[attr-defined]

@@ -11,16 +11,40 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from upgate import admin, guard
 from upgate.agents.testing import scripted
-from upgate.approvals import add_person
+from upgate.config import load_settings
 from upgate.graphs.runner import Runner
+from upgate.identity import load_signer, person_key_id
+from upgate.ledger import open_ledger
 from upgate.server.app import create_app
 from upgate.server.ask import messages_for
+from upgate.server.keys import service_signer
+from upgate.store import Store
 
 from ..conftest import make_target_repo, write_config
 from .test_cycle import REVIEW, branches, draft, make_runner
 
 ANSWER = json.dumps({"source": "comparison", "answer": "Hidden split went from 0.25 to 1.0."})
+
+
+def people(root: Path) -> tuple[Path, dict[str, str]]:
+    """alice (admin) initialises the state and registers carol, bob (approvers) and dave
+    (no role); returns the key folder (outside the state) and everyone's login token."""
+    settings = load_settings(root / "upgate.toml")
+    keys = root / "keys"
+    store, ledger = Store(settings.state_dir / "state.sqlite"), open_ledger(settings.state_dir)
+    try:
+        tokens = {"alice": admin.init_state(store, ledger, admin="alice",
+                                            policy_text=settings.policy.read_text(),
+                                            key_dir=keys).token}
+        alice = load_signer(person_key_id("alice"), keys)
+        for name in ("carol", "bob", "dave"):
+            tokens[name] = admin.register_person(store, ledger, alice, name, key_dir=keys).token
+    finally:
+        store.close()
+        ledger.close()
+    return keys, tokens
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +53,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[
     root = tmp_path_factory.mktemp("served")
     make_target_repo(root / "target")
     write_config(root)
-    runner, _ = make_runner(root, {"proposal": draft(), "review": REVIEW})
-    tokens = {p: add_person(runner.deps.store, p) for p in ("carol", "bob", "dave")}
-    state = runner.start("carol")
+    _, tokens = people(root)
+    guard.ALLOW_FAKE_SANDBOX = True  # module-scoped: before the tier's autouse fixture
+    try:
+        runner, _ = make_runner(root, {"proposal": draft(), "review": REVIEW})
+        service_signer(runner, "approvals", root / "keys", register_as="alice")
+        state = runner.start("carol")
+    finally:
+        guard.ALLOW_FAKE_SANDBOX = False
     assert state["outcome"] == "awaiting_approval"
     return root, state["cycle_id"], tokens
 
@@ -53,7 +82,8 @@ def workdir(waiting: tuple[Runner, str, dict[str, str]]) -> Path:
 
 def client_for(runner: Runner, answer: str = ANSWER) -> TestClient:
     model = scripted({"packet_answer": answer})
-    return TestClient(create_app(runner, answer_model=lambda: model))
+    signer = service_signer(runner, "approvals", runner.deps.state_dir.parent / "keys")
+    return TestClient(create_app(runner, signer=signer, answer_model=lambda: model))
 
 
 def login(client: TestClient, name: str, token: str) -> dict[str, str]:
@@ -140,6 +170,7 @@ def test_a_person_without_the_approver_role_cannot_decide(waiting: Any) -> None:
     evidence = runner.pending(cycle)["evidence_hash"]  # type: ignore[index]
     res = decide(client, csrf, cycle, "reject", evidence, "no")
     assert res.status_code == 403 and "approver role" in res.json()["detail"]
+    assert client.get("/api/inbox").status_code == 403  # no role: reads nothing either
     assert runner.pending(cycle) is not None
 
 
@@ -165,6 +196,7 @@ def test_approve_from_the_service_deploys_and_is_signed_on_the_chat_channel(
     entry = next(e for e in runner.deps.ledger.entries(cycle) if e.node == "approve")
     assert entry.payload["channel"] == "chat" and entry.payload["approver"] == "bob"
     assert entry.payload["signature"]
+    assert runner.state(cycle)["approval"]["signer"] == "service:approvals"
     assert client.get("/api/verify").json()["ok"] is True
 
 

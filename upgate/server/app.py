@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from langchain_core.language_models import BaseChatModel
 
 from upgate.graphs.runner import Runner
+from upgate.identity import Signer
 from upgate.server import auth, routes_cycles, routes_decide, routes_live
 from upgate.server.state import ServiceState
 
@@ -36,7 +37,8 @@ def _headers(request: Request, response: Response) -> None:
         response.headers["Content-Security-Policy"] = CSP
 
 
-def create_app(runner: Runner, *, answer_model: Callable[[], BaseChatModel] | None = None,
+def create_app(runner: Runner, *, signer: Signer,
+               answer_model: Callable[[], BaseChatModel] | None = None,
                secure_cookies: bool = False) -> FastAPI:
     """The service over one Runner; tests pass a scripted answering model."""
     from upgate.agents.models import chat_model
@@ -47,7 +49,7 @@ def create_app(runner: Runner, *, answer_model: Callable[[], BaseChatModel] | No
 
     app = FastAPI(title="upgate approval service", version="1",
                   description="Inbox, cycles, evidence, decisions, questions, ledger.")
-    app.state.upgate = ServiceState(runner=runner, sessions=auth.Sessions(),
+    app.state.upgate = ServiceState(runner=runner, sessions=auth.Sessions(), signer=signer,
                                     answer_model=answer_model or default_model,
                                     secure_cookies=secure_cookies)
 
@@ -79,10 +81,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(runner: Runner, *, host: str, port: int, secure_cookies: bool) -> None:
+def serve(runner: Runner, *, signer: Signer, host: str, port: int,
+          secure_cookies: bool) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(runner, secure_cookies=secure_cookies)
+    app = create_app(runner, signer=signer, secure_cookies=secure_cookies)
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True,
                 forwarded_allow_ips="127.0.0.1")

@@ -99,6 +99,22 @@ def require(role: str, session: Session) -> None:
                                  "policy; ask an admin")
 
 
+def require_any(session: Session) -> None:
+    """403 unless the session's person holds some role (viewer or more)."""
+    if not session.roles:
+        raise HTTPException(403, f"{session.name} holds no role under the adopted policy; ask "
+                                 "an admin to add them (viewer, approver, operator or admin)")
+
+
+def reader(session: Annotated[Session, Depends(current)]) -> Session:
+    """A logged-in person who may read (any role)."""
+    require_any(session)
+    return session
+
+
+Reader = Annotated[Session, Depends(reader)]
+
+
 class Login(BaseModel):
     """A login request: a registered person's name and token."""
 

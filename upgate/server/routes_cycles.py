@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
 from upgate.errors import EvalError
-from upgate.server.auth import CurrentSession
+from upgate.server.auth import Reader
 from upgate.server.packets import find_packet, plot_path, section_texts
 from upgate.server.state import ServiceState, service
 from upgate.server.views import cycle_summary, cycle_view, entry_view
@@ -20,13 +20,13 @@ Svc = Annotated[ServiceState, Depends(service)]
 
 
 @router.get("/inbox")
-def inbox(session: CurrentSession, svc: Svc) -> list[dict[str, Any]]:
+def inbox(session: Reader, svc: Svc) -> list[dict[str, Any]]:
     """Every cycle waiting for a human decision (the interrupt values, HITL shape included)."""
     return svc.runner.inbox()
 
 
 @router.get("/cycles")
-def cycles(session: CurrentSession, svc: Svc) -> list[dict[str, Any]]:
+def cycles(session: Reader, svc: Svc) -> list[dict[str, Any]]:
     """A line per cycle, newest first."""
     ids = svc.runner.deps.ledger.cycles()
     return [cycle_summary(svc.runner, c) for c in reversed(ids)
@@ -34,7 +34,7 @@ def cycles(session: CurrentSession, svc: Svc) -> list[dict[str, Any]]:
 
 
 @router.get("/cycles/{cycle_id}")
-def cycle(cycle_id: str, session: CurrentSession, svc: Svc) -> dict[str, Any]:
+def cycle(cycle_id: str, session: Reader, svc: Svc) -> dict[str, Any]:
     """One cycle: state, pending request, lineage and timeline from the ledger."""
     view = cycle_view(svc.runner, cycle_id)
     if view is None:
@@ -43,7 +43,7 @@ def cycle(cycle_id: str, session: CurrentSession, svc: Svc) -> dict[str, Any]:
 
 
 @router.get("/evidence/{evidence_hash}")
-def evidence(evidence_hash: str, session: CurrentSession, svc: Svc) -> dict[str, Any]:
+def evidence(evidence_hash: str, session: Reader, svc: Svc) -> dict[str, Any]:
     """The evidence packet with this hash (verified), and its sections as short text."""
     try:
         packet = find_packet(svc.runner.deps.state_dir, evidence_hash)
@@ -53,7 +53,7 @@ def evidence(evidence_hash: str, session: CurrentSession, svc: Svc) -> dict[str,
 
 
 @router.get("/evidence/{evidence_hash}/plot.svg", response_model=None)
-def plot(evidence_hash: str, session: CurrentSession, svc: Svc) -> FileResponse:
+def plot(evidence_hash: str, session: Reader, svc: Svc) -> FileResponse:
     """The packet's SVG plot of per-slice deltas and intervals."""
     try:
         path = plot_path(svc.runner.deps.state_dir, evidence_hash)
@@ -65,13 +65,13 @@ def plot(evidence_hash: str, session: CurrentSession, svc: Svc) -> FileResponse:
 
 
 @router.get("/ledger")
-def ledger(session: CurrentSession, svc: Svc, cycle: str | None = None,
+def ledger(session: Reader, svc: Svc, cycle: str | None = None,
            after: int = 0) -> list[dict[str, Any]]:
     """Ledger entries (of one cycle, or all) after sequence number `after`."""
     return [entry_view(e) for e in svc.runner.deps.ledger.entries(cycle) if e.seq > after]
 
 
 @router.get("/verify")
-def verify(session: CurrentSession, svc: Svc) -> dict[str, Any]:
+def verify(session: Reader, svc: Svc) -> dict[str, Any]:
     """Check the ledger's hash chain."""
     return svc.runner.deps.ledger.verify().model_dump()

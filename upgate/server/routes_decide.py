@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from upgate.errors import AgentOutputError, ApprovalError, EvalError
 from upgate.server import decisions
 from upgate.server.ask import answer_question
-from upgate.server.auth import CurrentSession, Session, require
+from upgate.server.auth import CurrentSession, Session, require, require_any
 from upgate.server.packets import find_packet
 from upgate.server.state import ServiceState, service
 from upgate.server.views import cycle_view
@@ -62,7 +62,7 @@ def run_decision(svc: ServiceState, session: Session, cycle_id: str, action: dec
         svc.running.add(cycle_id)
     try:
         decisions.decide(svc.runner, cycle_id, action=action, person=session.name,
-                         reason=reason, evidence_hash=evidence_hash)
+                         reason=reason, evidence_hash=evidence_hash, signer=svc.signer)
     except decisions.StaleEvidenceError as exc:
         _refused(svc, session, cycle_id, action, str(exc))
         raise HTTPException(409, str(exc)) from None
@@ -94,6 +94,7 @@ def decision(cycle_id: str, body: DecisionIn, session: CurrentSession,
 def ask(cycle_id: str, body: QuestionIn, session: CurrentSession,
         svc: Svc) -> dict[str, Any]:
     """A question answered by a model from the evidence packet only, citing its sections."""
+    require_any(session)
     deps = svc.runner.deps
     try:
         packet = find_packet(deps.state_dir, body.evidence_hash)

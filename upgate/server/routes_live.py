@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from upgate.errors import UpgateError
 from upgate.graphs.runner import new_cycle_id
-from upgate.server.auth import CurrentSession, require
+from upgate.server.auth import CurrentSession, Reader, require
 from upgate.server.state import ServiceState, service
 from upgate.server.views import entry_view
 
@@ -58,7 +58,7 @@ def _ended(svc: ServiceState, cycle_id: str, entries: list[Any]) -> bool:
 
 
 @router.get("/{cycle_id}/events", response_model=None)
-async def events(cycle_id: str, request: Request, session: CurrentSession, svc: Svc,
+async def events(cycle_id: str, request: Request, session: Reader, svc: Svc,
                  after: int = 0) -> EventSourceResponse:
     """Server-sent events: one `node` event per ledger entry of the cycle, then `end`."""
 

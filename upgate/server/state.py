@@ -11,6 +11,7 @@ from fastapi import Request
 from langchain_core.language_models import BaseChatModel
 
 from upgate.graphs.runner import Runner
+from upgate.identity import Signer
 
 if TYPE_CHECKING:
     from upgate.server.auth import Sessions
@@ -22,6 +23,8 @@ class ServiceState:
 
     runner: Runner
     sessions: Sessions
+    signer: Signer
+    """The service's own key: it signs decisions for the people it logged in."""
     answer_model: Callable[[], BaseChatModel]
     secure_cookies: bool = False
     running: set[str] = field(default_factory=set)
