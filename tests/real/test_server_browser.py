@@ -103,7 +103,7 @@ def test_log_in_read_ask_and_approve_then_see_the_deploy(browser: object, served
     note = page.inner_text(".msg.answer .note")  # type: ignore[attr-defined]
     if cites:  # a citation comes with the cited section's own text from the packet
         assert f"packet section: {cites[0]}" in page.inner_text(".msg.answer details summary")  # type: ignore[attr-defined]
-        assert "Grounded in the packet" in note
+        assert f"Cites the packet's {cites[0]} section" in note
     else:
         assert note == NOT_IN_PACKET
     snap(page, shots, "chat-answer.png", ".msg.answer")

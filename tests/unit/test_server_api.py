@@ -251,7 +251,7 @@ def test_hitl_responses_map_onto_decisions(waiting: Any) -> None:
 
 
 @pytest.mark.parametrize(("answer", "cites", "note"), [
-    (ANSWER, ["comparison"], "Grounded in the packet's comparison section"),
+    (ANSWER, ["comparison"], "Cites the packet's comparison section"),
     (json.dumps({"source": "not_in_packet", "answer": "No idea."}), [],
      "does not hold the answer"),
 ])

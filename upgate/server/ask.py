@@ -125,8 +125,8 @@ def answer_question(model: BaseChatModel, question: str, packet: dict[str, Any],
     found = raw.source != NOT_IN_PACKET_SOURCE
     cites = [raw.source] if found else []
     texts = section_texts(packet)
-    note = ("Grounded in the packet's " + ", ".join(cites) + " section." if found
-            else NOT_IN_PACKET)
+    note = (f"Cites the packet's {cites[0]} section (its text is below: check the answer "
+            "against it)." if found else NOT_IN_PACKET)
     return Reply(question=question, answer=raw.answer.strip()[:2000] or NOT_IN_PACKET,
                  found=found, grounded=found, cites=cites,
                  excerpts={c: texts[c][:_SECTION_CHARS] for c in cites}, note=note,

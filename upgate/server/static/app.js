@@ -179,7 +179,7 @@ function renderPacket(view, packet) {
 }
 
 function renderAnswer(a) {
-  return msg(`answer · ${a.model ? a.model.model : "model"} (grounded only in the packet)`, "answer",
+  return msg(`answer · ${a.model ? a.model.model : "model"} (from the evidence packet only)`, "answer",
     el("p", {class: "answer"}, a.answer),
     el("p", {class: "cites"}, "Cites: ", ...(a.cites.length ? a.cites.map((c) => el("span", {class: "cite"}, c)) : ["nothing"])),
     el("p", {class: "note"}, a.note),
@@ -192,7 +192,7 @@ function renderChat(view) {
   for (const e of view.timeline) {
     if (e.node === "chat" && e.event === "question") items.push(msg(e.detail.person, "human", e.detail.question));
     if (e.node === "chat" && e.event === "answer") {
-      items.push(renderAnswer({...e.detail, excerpts: {}, note: e.detail.grounded ? "grounded" : "not grounded in the packet"}));
+      items.push(renderAnswer({...e.detail, excerpts: {}, note: e.detail.grounded ? `cites the packet's ${e.detail.cites.join(", ")} section` : "the packet does not hold the answer"}));
     }
   }
   $("chat").replaceChildren(...items);
