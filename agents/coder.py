@@ -7,8 +7,6 @@ the sandbox's diff plus content-hashed artifacts.
 
 from __future__ import annotations
 
-import logging
-
 from pydantic import ValidationError
 
 from upgate.agents.recipes.base import CoderContext, RecipeContext, SandboxFactory
@@ -20,7 +18,6 @@ from upgate.records import Candidate, Proposal
 
 __all__ = ["CoderContext", "SandboxFactory", "changed_paths", "implement"]
 
-log = logging.getLogger(__name__)
 
 
 def changed_paths(diff: str) -> tuple[str, ...]:

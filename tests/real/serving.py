@@ -18,7 +18,6 @@ import httpx
 
 from upgate import guard
 from upgate.graphs.runner import Runner
-from upgate.server.keys import service_signer
 
 from ..conftest import make_target_repo, write_config
 from ..unit.test_cycle import REVIEW, draft, make_runner
@@ -63,15 +62,14 @@ def fake_sandbox_allowed() -> Iterator[None]:
 
 
 def waiting_cycles(root: Path, vllm_root: str, n: int) -> tuple[dict[str, str], list[str]]:
-    """A target, a config whose agents use the real vLLM server, people with keys, the
-    service's key registered, and `n` waiting cycles."""
+    """A target, a config whose agents use the real vLLM server, people and the service
+    with keys, and `n` waiting cycles."""
     make_target_repo(root / "target")
     write_config(root, base_url=f"{vllm_root}/v1", serving_url=vllm_root, model="smollm2")
     _, tokens = people(root)
     cycles = []
     with fake_sandbox_allowed():
         runner, _ = make_runner(root, {"proposal": draft(), "review": REVIEW})
-        service_signer(runner, "approvals", root / "keys", register_as="alice")
         for _ in range(n):
             state = runner.start("carol")
             assert state["outcome"] == "awaiting_approval", state.get("reason")

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from upgate import admin, guard
 from upgate.agents.testing import scripted
 from upgate.config import load_settings
+from upgate.errors import IdentityError
 from upgate.graphs.runner import Runner
-from upgate.identity import load_signer, person_key_id
+from upgate.identity import generate_key, load_signer, person_key_id
 from upgate.ledger import open_ledger
 from upgate.server.app import create_app
 from upgate.server.ask import messages_for
@@ -29,8 +30,9 @@ ANSWER = json.dumps({"source": "comparison", "answer": "Hidden split went from 0
 
 
 def people(root: Path) -> tuple[Path, dict[str, str]]:
-    """alice (admin) initialises the state and registers carol, bob (approvers) and dave
-    (no role); returns the key folder (outside the state) and everyone's login token."""
+    """alice (admin) initialises the state and registers carol, bob (approvers), dave (no
+    role) and the approval service; returns the key folder (outside the state) and
+    everyone's login token."""
     settings = load_settings(root / "upgate.toml")
     keys = root / "keys"
     store, ledger = Store(settings.state_dir / "state.sqlite"), open_ledger(settings.state_dir)
@@ -41,6 +43,7 @@ def people(root: Path) -> tuple[Path, dict[str, str]]:
         alice = load_signer(person_key_id("alice"), keys)
         for name in ("carol", "bob", "dave"):
             tokens[name] = admin.register_person(store, ledger, alice, name, key_dir=keys).token
+        admin.add_service(store, ledger, alice, "approvals", key_dir=keys)
     finally:
         store.close()
         ledger.close()
@@ -57,7 +60,6 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[
     guard.ALLOW_FAKE_SANDBOX = True  # module-scoped: before the tier's autouse fixture
     try:
         runner, _ = make_runner(root, {"proposal": draft(), "review": REVIEW})
-        service_signer(runner, "approvals", root / "keys", register_as="alice")
         state = runner.start("carol")
     finally:
         guard.ALLOW_FAKE_SANDBOX = False
@@ -331,3 +333,15 @@ def test_the_page_is_served_under_a_strict_csp_and_never_uses_inner_html(
     assert "outerHTML" not in js and "insertAdjacentHTML" not in js and "eval(" not in js
     assert "http://" not in res.text and "https://" not in res.text  # no CDN
     assert client.get("/openapi.json").json()["info"]["title"] == "upgate approval service"
+
+
+def test_the_service_signs_only_with_a_registered_key(waiting: Any) -> None:
+    runner, _, _ = waiting
+    keys = runner.deps.state_dir.parent / "keys"
+    with pytest.raises(IdentityError, match="upgate service add other"):
+        service_signer(runner, "other", keys)
+    generate_key("service:other", keys)  # a key of its own, never registered by an admin
+    with pytest.raises(IdentityError, match="not the one registered"):
+        service_signer(runner, "other", keys)
+    with pytest.raises(IdentityError, match="inside the state folder"):
+        service_signer(runner, "approvals", runner.deps.state_dir / "keys")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from upgate.errors import EvalError
-from upgate.evals.evidence import EvidencePacket
+from upgate.evidence_store import read_packet
 
 SECTIONS = ("verdict", "proposal", "candidate", "checks", "tests", "comparison", "findings",
             "versions")
@@ -19,22 +19,20 @@ _DIFF_CHARS = 1200
 
 
 def find_packet(state_dir: Path, evidence_hash: str) -> dict[str, Any]:
-    """The packet with this hash, verified against its content; EvalError if absent or bad."""
+    """The packet with this hash, re-hashed on reading; EvalError if absent or changed."""
     if not _HASH.fullmatch(evidence_hash):
         raise EvalError("an evidence hash is 64 lowercase hex characters; copy it from the inbox")
-    for path in sorted((state_dir / "evidence").glob(f"*/{evidence_hash[:16]}.json")):
-        text = path.read_text(encoding="utf-8")
-        packet = EvidencePacket.from_json(text)  # raises when the file was altered
-        if packet.packet_hash == evidence_hash:
-            data: dict[str, Any] = json.loads(text)
-            return data
+    for path in sorted((state_dir / "evidence").glob(f"*/{evidence_hash}.json")):
+        packet = read_packet(state_dir, path.parent.name, evidence_hash)
+        data: dict[str, Any] = json.loads(packet.to_json())
+        return data
     raise EvalError(f"no evidence packet {evidence_hash[:12]} in this state folder")
 
 
 def plot_path(state_dir: Path, evidence_hash: str) -> Path | None:
     """The packet's SVG plot of per-slice deltas, if the critic drew one."""
     find_packet(state_dir, evidence_hash)
-    for path in sorted((state_dir / "evidence").glob(f"*/{evidence_hash[:16]}.svg")):
+    for path in sorted((state_dir / "evidence").glob(f"*/{evidence_hash}.svg")):
         return path
     return None
 
