@@ -20,6 +20,7 @@ from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
 from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
+from upgate.graphs.hitl import hitl_request
 from upgate.graphs.lineage import lineage, model_ref, versions
 from upgate.graphs.state import CycleState
 from upgate.hashing import sha256_text
@@ -305,6 +306,9 @@ def approve(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         "baseline_score": verdict.baseline_score,
         "candidate_score": verdict.candidate_score,
         "error": state.get("approval_error", ""),
+        # LangChain's human-in-the-loop request shape, so HITL front ends can show it.
+        **hitl_request(request, list(verdict.reasons), verdict.baseline_score,
+                       verdict.candidate_score),
     })
     try:
         decision = Decision.model_validate(raw)

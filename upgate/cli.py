@@ -406,6 +406,36 @@ def reconcile(config: ConfigOpt = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+@_guard
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Listen address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Listen port.")] = 8765,
+    secure_cookies: Annotated[bool, typer.Option(
+        help="Mark the session cookie Secure (when a TLS proxy fronts the service).")] = False,
+    service: Annotated[str, typer.Option(
+        help="The service's name: it signs decisions as service:NAME.")] = "approvals",
+    key_dir: Annotated[Path | None, typer.Option(
+        "--key-dir", help="Folder of the service's private key (default $UPGATE_KEY_DIR, "
+        "else ~/.config/upgate/keys); never inside the state folder.")] = None,
+) -> None:
+    """The approval service: HTTP API (docs at /docs) and the chat page, on one port."""
+    from upgate.identity import default_key_dir
+    from upgate.server.app import is_loopback
+    from upgate.server.app import serve as run_service
+    from upgate.server.keys import service_signer
+
+    runner = _runner(_settings(config))
+    signer = service_signer(runner, service, key_dir or default_key_dir())
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] listening on {host}, not loopback: put a TLS "
+                  "proxy in front (see the README) and pass --secure-cookies", highlight=False)
+    console.print(f"upgate approval service on http://{host}:{port}/ (API docs: /docs), "
+                  f"signing as {signer.key_id}", highlight=False)
+    run_service(runner, signer=signer, host=host, port=port, secure_cookies=secure_cookies)
+
+
 app.command("init")(_guard(init_command))
 register_admin_commands(person_app, _guard)
 
