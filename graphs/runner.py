@@ -133,12 +133,22 @@ class Runner:
         return self._drive(cycle_id, None, progress)
 
     def decide(self, cycle_id: str, *, action: str, person: str, reason: str = "",
-               channel: str = "cli", progress: Progress | None = None) -> CycleState:
-        """Resume a waiting cycle with an authenticated person's signed decision."""
+               channel: str = "cli", progress: Progress | None = None,
+               signer: Any = None, evidence_hash: str | None = None) -> CycleState:
+        """Resume a waiting cycle with an authenticated person's signed decision.
+
+        `evidence_hash` is the packet hash the person saw; another pending one is refused.
+        """
         request = self.pending(cycle_id)
         if request is None:
             raise ApprovalError(
                 f"cycle {cycle_id} is not waiting for a decision; see `upgate inbox`"
+            )
+        if evidence_hash is not None and evidence_hash != request["evidence_hash"]:
+            raise ApprovalError(
+                f"the evidence of {cycle_id} changed since it was shown "
+                f"({evidence_hash[:12]} shown, {request['evidence_hash'][:12]} now); "
+                "review the current evidence and decide again"
             )
         decision = sign(Decision(
             cycle_id=cycle_id, action=action,  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from upgate.approvals import add_person, authenticate
 from upgate.cli_critique import critique_command
+from upgate.cli_notify import notify_app
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
 from upgate.errors import UpgateError
@@ -33,6 +34,7 @@ person_app = typer.Typer(help="People who may request and approve changes.",
 app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
 app.command("critique")(critique_command)
+app.add_typer(notify_app, name="notify")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
 console = Console(soft_wrap=True)
@@ -325,7 +327,12 @@ def main() -> None:
     """Entry point."""
     logging.basicConfig(level=os.environ.get("UPGATE_LOG", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    finally:
+        from upgate.notify.worker import deliver_after_command
+
+        deliver_after_command()
 
 
 if __name__ == "__main__":

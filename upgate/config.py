@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from upgate.errors import ConfigError
+from upgate.notify.config import NotifySettings
 from upgate.sandboxes.config import DockerSandboxConfig, SandboxConfig
 
 DEFAULT_CONFIG_NAME = "upgate.toml"
@@ -109,6 +110,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     sandbox: SandboxConfig = Field(default_factory=DockerSandboxConfig)
     mode: Literal["interactive", "batch"] = "interactive"
+    notify: NotifySettings = NotifySettings()
 
     @classmethod
     def settings_customise_sources(
