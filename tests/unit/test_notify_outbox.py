@@ -82,12 +82,16 @@ def test_a_failing_outbox_write_rolls_the_entry_back(ledger: Ledger, tmp_path: P
 
 
 def test_a_refused_ledger_insert_queues_nothing(ledger: Ledger, tmp_path: Path) -> None:
-    ledger.append("c1", "deploy", "deployed", {}, key="k")
-    # An insert the ledger's own trigger refuses (a reused seq) must take its rows with it.
-    ledger._db.execute("DROP TRIGGER ledger_no_replace")  # only to reach the PK check
-    with pytest.raises(sqlite3.IntegrityError), ledger._tx() as db:
-        outbox_write("deployed", ["w0"], {})(db, ledger.entries()[0])
-        db.execute("INSERT INTO ledger SELECT * FROM ledger WHERE seq = 1")
+    entry = ledger.append("c1", "deploy", "deployed", {}, key="k")
+
+    def append_over_entry_one() -> None:
+        # The outbox rows go in first; the ledger's append-only trigger then refuses the row.
+        with ledger._tx() as db:
+            outbox_write("deployed", ["w0"], {})(db, entry)
+            db.execute("INSERT INTO ledger SELECT * FROM ledger WHERE seq = 1")
+
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        append_over_entry_one()
     assert Outbox(tmp_path / "ledger.sqlite").rows() == []
 
 

@@ -1,0 +1,93 @@
+"""`upgate notify`: status shows pending, failing and dead; test sends through the outbox
+to a real loopback receiver; only an admin maps Slack users, and that is recorded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from upgate import cli
+from upgate.approvals import add_person
+from upgate.ledger import open_ledger
+from upgate.notify.outbox import Outbox
+from upgate.notify.slack_people import SlackState
+from upgate.notify.testing import LoopbackReceiver
+from upgate.store import Store
+
+from ..conftest import write_config
+
+
+@pytest.fixture
+def receiver() -> Iterator[LoopbackReceiver]:
+    r = LoopbackReceiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def cfg(workdir: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in list(os.environ):
+        if name.startswith("UPGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TEAM_URL", receiver.url + "/slack")
+    extra = ('[notify]\nadmins = ["alice"]\nmax_attempts = 2\n'
+             '[[notify.channels]]\ntype = "slack"\nname = "team"\nwebhook_url_env = "TEAM_URL"\n'
+             '[[notify.channels]]\ntype = "slack"\nname = "nowhere"\n'
+             'webhook_url_env = "NOWHERE_URL"\n')
+    return write_config(workdir, extra=extra)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli.app, list(args))
+    return result.exit_code, result.output
+
+
+def test_notify_test_sends_through_the_outbox(cfg: Path, receiver: LoopbackReceiver) -> None:
+    code, out = run("notify", "test", "team", "--config", str(cfg))
+    assert code == 0, out
+    got = receiver.wait_for(1)
+    assert got[0].path == "/slack" and "ledger head #0" in got[0].body.decode()
+    code, out = run("notify", "status", "--config", str(cfg))
+    assert code == 0 and "team" in out
+
+
+def test_an_unreachable_channel_fails_and_shows_in_status(cfg: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    code, out = run("notify", "test", "nowhere", "--config", str(cfg))
+    assert code == 1 and "NOWHERE_URL" in out
+    monkeypatch.setenv("NOWHERE_URL", "http://127.0.0.1:9/closed")
+    settings_dir = cfg.parent / "state"
+    box = Outbox.of_state(settings_dir)
+    row = box.rows()[0]
+    box.mark_failed(row.id, "HTTP 500", retry_in=0)
+    code, out = run("notify", "deliver", "--config", str(cfg))
+    assert code == 0 and "dead 1" in out  # second attempt of two: dead-lettered
+    code, out = run("notify", "status", "--config", str(cfg))
+    assert "nowhere" in out and "dead" in out and "--retry-dead" in out
+    code, out = run("notify", "test", "missing", "--config", str(cfg))
+    assert code == 2 and "no notification channel named 'missing'" in out
+
+
+def test_only_an_admin_maps_slack_users_and_it_is_recorded(cfg: Path) -> None:
+    state = cfg.parent / "state"
+    store = Store(state / "state.sqlite")
+    alice, bob = add_person(store, "alice"), add_person(store, "bob")
+    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "bob", "--token", bob,
+                    "--config", str(cfg))
+    assert code == 2 and "not an admin" in out
+    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "alice", "--token",
+                    alice + "x", "--config", str(cfg))
+    assert code == 2 and "wrong token" in out
+    assert SlackState(store).person_for("U0BOB") is None
+    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "alice", "--token", alice,
+                    "--config", str(cfg))
+    assert code == 0, out
+    assert SlackState(store).person_for("U0BOB") == "bob"
+    entry = open_ledger(state).entries("admin")[-1]
+    assert (entry.event, entry.payload) == ("slack_mapped", {"slack_id": "U0BOB",
+                                                             "person": "bob", "by": "alice"})
