@@ -23,9 +23,8 @@ from ..conftest import write_config
 
 @pytest.fixture
 def receiver() -> Iterator[LoopbackReceiver]:
-    r = LoopbackReceiver().start()
-    yield r
-    r.stop()
+    with LoopbackReceiver() as r:
+        yield r
 
 
 @pytest.fixture

@@ -101,6 +101,12 @@ class LoopbackReceiver:
             self._server.shutdown()
             self._server.server_close()
 
+    def __enter__(self) -> LoopbackReceiver:
+        return self if self._server is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def main() -> None:
     """Run a receiver that prints every message it gets."""
