@@ -90,3 +90,25 @@ def test_only_an_admin_maps_slack_users_and_it_is_recorded(cfg: Path) -> None:
     entry = open_ledger(state).entries("admin")[-1]
     assert (entry.event, entry.payload) == ("slack_mapped", {"slack_id": "U0BOB",
                                                              "person": "bob", "by": "alice"})
+
+
+def test_the_service_worker_delivers_in_the_background(
+    cfg: Path, receiver: LoopbackReceiver,
+) -> None:
+    import asyncio
+
+    from upgate.config import load_settings
+    from upgate.notify.worker import notify_lifespan
+
+    settings = load_settings(cfg)
+    box = Outbox.of_state(settings.state_dir)
+    box.enqueue_direct("test", ["team"], {"text": "hello"}, key="bg")
+
+    async def serve_a_while() -> None:
+        async with notify_lifespan(settings.state_dir, settings.notify) as worker:
+            assert worker.poll_s > 0
+            await asyncio.to_thread(receiver.wait_for, 1, 30.0)
+
+    asyncio.run(serve_a_while())
+    assert [r.status for r in box.rows()] == ["delivered"]
+    assert "hello" in receiver.requests[0].body.decode()

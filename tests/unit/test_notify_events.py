@@ -168,3 +168,23 @@ def test_foreign_action_ids_are_not_ours() -> None:
     for bad in ("upgate:deploy:c1:abc", "other:approve:c1:abc", "upgate:approve:c1",
                 "upgate:approve:c1:abc:x"):
         assert parse_action_id(bad) is None
+
+
+def test_an_unanswered_request_expires_once_and_is_notified(workdir: Path) -> None:
+    from datetime import timedelta
+
+    from upgate.notify.expiry import sweep_expired
+
+    runner = runner_for(workdir)
+    state = runner.start("alice")
+    assert sweep_expired(runner) == []  # still inside the window
+    ttl = runner.deps.policy.thresholds.approval_ttl_hours
+    later = runner.deps.now() + timedelta(hours=ttl, minutes=1)
+    runner.deps.now = lambda: later
+    assert sweep_expired(runner) == [state["cycle_id"]]
+    assert sweep_expired(runner) == []  # recorded once
+    events = [(e.node, e.event) for e in runner.deps.ledger.entries(state["cycle_id"])]
+    assert events.count(("approve", "expired")) == 1
+    kinds = [r.type for r in Outbox.of_state(runner.deps.state_dir).rows()]
+    assert kinds == ["approval_requested", "approval_expired"]
+    assert runner.deps.ledger.verify().ok

@@ -12,9 +12,11 @@ import hashlib
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from upgate.ledger import open_ledger
 from upgate.notify.channels import Channel, SendResult, get_channel
@@ -22,6 +24,9 @@ from upgate.notify.config import NotifySettings
 from upgate.notify.events import queued_here
 from upgate.notify.outbox import Outbox
 from upgate.notify.render import compose
+
+if TYPE_CHECKING:
+    from upgate.graphs.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +113,10 @@ class NotifyWorker:
 
     def __init__(self, state_dir: Path, notify: NotifySettings, *,
                  channels: Mapping[str, Channel] | None = None, poll_s: float = 1.0,
-                 verify_every_s: float = 60.0, backoff: Backoff | None = None) -> None:
+                 verify_every_s: float = 60.0, backoff: Backoff | None = None,
+                 runner: Runner | None = None) -> None:
         self.state_dir = state_dir
+        self.runner = runner
         self.notify = notify
         self.channels = dict(channels) if channels is not None else channels_of(notify)
         self.poll_s = poll_s
@@ -126,22 +133,31 @@ class NotifyWorker:
         finally:
             outbox.close()
 
+    def checks(self) -> None:
+        """The periodic checks: the ledger verifies, unanswered requests expire."""
+        if self.runner is not None:
+            from upgate.notify.expiry import sweep_expired
+
+            sweep_expired(self.runner)
+        if self.notify.channels:
+            outbox = Outbox.of_state(self.state_dir)
+            try:
+                check_ledger(self.state_dir, outbox, self.notify)
+            finally:
+                outbox.close()
+
     def _loop(self) -> None:
-        since_verify = self.verify_every_s  # verify on the first pass
+        since_checks = self.verify_every_s  # check on the first pass
         while not self._stop.is_set():
             try:
-                if since_verify >= self.verify_every_s and self.notify.channels:
-                    outbox = Outbox.of_state(self.state_dir)
-                    try:
-                        check_ledger(self.state_dir, outbox, self.notify)
-                    finally:
-                        outbox.close()
-                    since_verify = 0.0
+                if since_checks >= self.verify_every_s:
+                    self.checks()
+                    since_checks = 0.0
                 self.run_once()
             except Exception:  # keep delivering; the next pass tries again
                 log.exception("notification pass failed")
             self._stop.wait(self.poll_s)
-            since_verify += self.poll_s
+            since_checks += self.poll_s
 
     def start(self) -> NotifyWorker:
         """Start the thread (idempotent)."""
@@ -159,9 +175,22 @@ class NotifyWorker:
             self._thread.join(timeout_s)
 
 
-def start_worker(state_dir: Path, notify: NotifySettings) -> NotifyWorker:
-    """For `upgate serve`: start delivering in the background; call `.stop()` on shutdown."""
-    return NotifyWorker(state_dir, notify).start()
+def start_worker(state_dir: Path, notify: NotifySettings,
+                 runner: Runner | None = None) -> NotifyWorker:
+    """For `upgate serve`: deliver in the background (and, given the service's runner,
+    expire unanswered requests); call `.stop()` on shutdown."""
+    return NotifyWorker(state_dir, notify, runner=runner).start()
+
+
+@asynccontextmanager
+async def notify_lifespan(state_dir: Path, notify: NotifySettings,
+                          runner: Runner | None = None) -> AsyncIterator[NotifyWorker]:
+    """The worker for the length of an ASGI app's life (nest it in the app's lifespan)."""
+    worker = start_worker(state_dir, notify, runner)
+    try:
+        yield worker
+    finally:
+        worker.stop()
 
 
 def deliver_after_command() -> None:
