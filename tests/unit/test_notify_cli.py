@@ -112,3 +112,21 @@ def test_the_service_worker_delivers_in_the_background(
     asyncio.run(serve_a_while())
     assert [r.status for r in box.rows()] == ["delivered"]
     assert "hello" in receiver.requests[0].body.decode()
+
+
+def test_the_demo_opts_in_to_notifications_by_a_url_variable(
+    tmp_path: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from upgate.config import load_settings
+    from upgate.demo import NOTIFY_ENV, layout
+
+    monkeypatch.delenv(NOTIFY_ENV, raising=False)
+    plain = load_settings(layout(tmp_path / "a", port=9, sandbox="fake"))
+    assert plain.notify.channels == ()
+    monkeypatch.setenv(NOTIFY_ENV, receiver.url + "/demo")
+    config = layout(tmp_path / "b", port=9, sandbox="fake")
+    assert receiver.url not in config.read_text()  # the file names the variable only
+    assert [c.name for c in load_settings(config).notify.channels] == ["demo"]
+    code, out = run("notify", "test", "demo", "--config", str(config))
+    assert code == 0, out
+    assert receiver.wait_for(1)[0].path == "/demo"
