@@ -30,6 +30,7 @@ from upgate.graphs.runner import Runner
 from upgate.notify.slack_actions import PATH, slack_actions_router
 from upgate.notify.slack_people import SlackState
 from upgate.notify.testing import LoopbackReceiver, Received, slack_action_request
+from upgate.notify.events import queued_here
 from upgate.notify.worker import deliver_after_command
 
 from ..conftest import OracleClient, make_target_repo, suite_answers, write_config
@@ -56,6 +57,7 @@ def runner(tmp_path: Path, receiver: LoopbackReceiver,
     for name in list(os.environ):
         if name.startswith("UPGATE_"):
             monkeypatch.delenv(name)
+    queued_here()  # only this test's state folder is delivered after "commands"
     monkeypatch.setenv("TEAM_SLACK_URL", receiver.url + "/slack")
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING)
     make_target_repo(tmp_path / "target")

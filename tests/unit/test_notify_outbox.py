@@ -198,3 +198,20 @@ def test_an_unconfigured_channel_fails_with_a_reason(ledger: Ledger, tmp_path: P
 
 def _facts(box: Outbox) -> list[dict[str, Any]]:
     return [r.payload for r in box.rows()]
+
+
+def test_a_ledger_that_fails_verification_is_notified_once(ledger: Ledger,
+                                                          tmp_path: Path) -> None:
+    from upgate.notify.worker import check_ledger
+
+    _queue(ledger, 2)
+    settings = notify()
+    box = Outbox(tmp_path / "ledger.sqlite")
+    assert check_ledger(tmp_path, box, settings) is True
+    before = len(box.rows())
+    ledger.head_path.write_text("9 " + "f" * 64 + "\n")  # entries dropped from the end
+    assert check_ledger(tmp_path, box, settings) is False
+    assert check_ledger(tmp_path, box, settings) is False
+    alerts = [r for r in box.rows() if r.type == "verify_failed"]
+    assert len(box.rows()) == before + 2 and {r.channel for r in alerts} == {"w0", "w1"}
+    assert any("dropped" in p for p in alerts[0].payload["problems"])

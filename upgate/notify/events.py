@@ -66,7 +66,7 @@ def facts(kind: str, data: Mapping[str, Any], state: Mapping[str, Any] | None = 
             at = datetime.fromisoformat(str(out["requested_at"]))
             out["expires_at"] = (at + timedelta(hours=ttl_hours)).isoformat()
     if kind == "approval_decided":
-        out["action"] = data.get("action") or state.get("approval", {}).get("action")
+        out["action"] = data.get("action") or (state.get("approval") or {}).get("action")
     if kind == "batch_paused" and not out:
         out = {k: v for k, v in data.items() if k != "lineage"}
     return out
