@@ -13,9 +13,11 @@ from typing import Any, Literal
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
-from upgate.agents.recipes.catalog import RECIPES, recipe_menu
+from upgate.agents.recipes.registry import RECIPES, get_recipe, recipe_menu
 from upgate.agents.structured import call_structured
+from upgate.errors import ConfigError
 from upgate.prompts import load_prompt
 from upgate.records import ModelRef, Proposal
 
@@ -24,49 +26,56 @@ class _DraftBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_COMMON = ("recipe", "rationale", "expected_effect", "risk")
+
+
+def _draft_fields() -> dict[str, tuple[Any, FieldInfo]]:
+    """Every registered recipe's argument fields, under their draft names (aliases)."""
+    fields: dict[str, tuple[Any, FieldInfo]] = {}
+    owner: dict[str, str] = {}
+    for recipe in RECIPES.values():
+        for name, info in recipe.arguments.model_fields.items():
+            key = info.alias or name
+            if key in fields or key in _COMMON:
+                raise ConfigError(
+                    f"recipe {recipe.name!r} argument {key!r} clashes with "
+                    f"{owner.get(key, 'the proposal')!r}; give it a distinct name or alias"
+                )
+            fields[key] = (info.annotation, info)
+            owner[key] = recipe.name
+    return fields
+
+
 def draft_schema(recipes: tuple[str, ...]) -> type[BaseModel]:
-    """The JSON schema the proposer must fill, with the allowed recipes as an enum."""
+    """The JSON schema the proposer must fill, with the allowed recipes as an enum.
+
+    Strict decoding asks for every field, so the draft holds every registered recipe's
+    arguments; only the chosen recipe's are kept (see `recipe_args`).
+    """
     if not recipes:
         raise ValueError("no recipes are allowed for this target")
     # Typed as Any: these are runtime-built types for create_model, not annotations.
     recipe_type: Any = Literal[tuple(recipes)]
     risk_type: Any = Literal["low", "medium", "high"]
-    # LoRA arguments are bounded to what trains well on a small model in a few CPU minutes
-    # (measured: r16, 3 epochs, 1e-3 -> 0.94 visible / 0.75 hidden); fewer epochs or a
-    # smaller step left slices behind the baseline.
-    epochs_type: Any = Literal[3, 4]
-    rank_type: Any = Literal[8, 16]
-    lr_type: Any = Literal["5e-4", "1e-3"]
-    shots_type: Any = Literal[1, 2, 3]
-    variant_type: Any = Literal["definitions", "concise", "checklist"]
-    model: type[BaseModel] = create_model(
-        "ProposalDraft",
-        __base__=_DraftBase,
-        recipe=(recipe_type, ...),
-        rationale=(str, Field(..., min_length=1, max_length=280)),
-        expected_effect=(str, Field(..., min_length=1, max_length=140)),
-        risk=(risk_type, ...),
-        epochs=(epochs_type, Field(..., description="lora_finetune: training epochs")),
-        rank=(rank_type, Field(..., description="lora_finetune: adapter rank")),
-        learning_rate=(lr_type, Field(..., description="lora_finetune: step size")),
-        examples_per_label=(shots_type, Field(..., description="few_shot: examples")),
-        prompt_variant=(variant_type, Field(..., description="prompt_variant: which template")),
-    )
+    fields: dict[str, Any] = {
+        "recipe": (recipe_type, ...),
+        "rationale": (str, Field(..., min_length=1, max_length=280)),
+        "expected_effect": (str, Field(..., min_length=1, max_length=140)),
+        "risk": (risk_type, ...),
+        **_draft_fields(),
+    }
+    model: type[BaseModel] = create_model("ProposalDraft", __base__=_DraftBase, **fields)
     return model
 
 
 def recipe_args(recipe: str, draft: dict[str, Any]) -> dict[str, Any]:
-    """The arguments that matter for the chosen recipe."""
-    if recipe == "lora_finetune":
-        return {
-            "epochs": draft["epochs"], "rank": draft["rank"],
-            "learning_rate": float(draft["learning_rate"]),
-        }
-    if recipe == "few_shot":
-        return {"examples_per_label": draft["examples_per_label"]}
-    if recipe == "prompt_variant":
-        return {"variant": draft["prompt_variant"]}
-    return {}
+    """The arguments that matter for the chosen recipe, checked by its argument model."""
+    arguments = get_recipe(recipe).arguments
+    picked = {
+        (info.alias or name): draft[info.alias or name]
+        for name, info in arguments.model_fields.items()
+    }
+    return arguments.model_validate(picked).model_dump()
 
 
 def propose(
@@ -96,7 +105,7 @@ def propose(
         name="proposal",
         retries=retries,
     ).model_dump()
-    spec = RECIPES[draft["recipe"]]
+    spec = get_recipe(draft["recipe"])
     return Proposal(
         id=proposal_id,
         kind=spec.kind,

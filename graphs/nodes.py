@@ -16,7 +16,7 @@ from langgraph.types import interrupt
 from upgate.agents.coder import CoderContext, implement
 from upgate.agents.critic import CriticContext, critique
 from upgate.agents.proposer import propose
-from upgate.agents.recipes.catalog import RECIPES
+from upgate.agents.recipes.registry import RECIPES
 from upgate.approvals import check_decision
 from upgate.deploy.git import branch_name, delete_branch, deploy_branch
 from upgate.errors import AgentOutputError, ApprovalError, UpgateError
@@ -269,9 +269,10 @@ def after_critique(state: CycleState, runtime: Runtime[Deps]) -> str:
         return "record"
     verdict = state.get("verdict") or {}
     proposal = state.get("proposal") or {}
+    recipe = RECIPES.get(str(proposal.get("recipe")))
     if (
         verdict.get("decision") == "revise"
-        and proposal.get("recipe") == "edit"
+        and recipe is not None and recipe.revisable
         and state.get("revisions", 0) < deps.policy.thresholds.max_revisions
     ):
         return "revise"

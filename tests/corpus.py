@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeAlias, cast
 
 from upgate.agents.coder import CoderContext, changed_paths, implement
 from upgate.agents.critic import CriticContext, critique
-from upgate.agents.recipes.catalog import PROMPT_VARIANTS
+from upgate.agents.recipes.prompt_variant import PROMPT_VARIANTS
 from upgate.agents.testing import ScriptedChatModel, scripted
 from upgate.config import load_manifest
 from upgate.deploy.vllm import VllmAdmin

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from upgate.agents import coder
+from upgate.agents.recipes import lora_finetune
 from upgate.deploy.vllm import ServedModel, VllmAdmin
 from upgate.records import Artifact
 
@@ -49,7 +49,7 @@ def _fake_training(tmp: Path) -> Any:
 
 
 def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) -> Any:
-    monkeypatch.setattr(coder, "_lora_finetune", _fake_training(workdir))
+    monkeypatch.setattr(lora_finetune, "_lora_finetune", _fake_training(workdir))
     runner, client = make_runner(workdir, {"proposal": draft("lora_finetune"), "review": REVIEW},
                                  good_models=["upgate-candidate-goodgoodgood"])
     initial = workdir / "adapters" / "triage-v0"
