@@ -27,10 +27,10 @@ from upgate.approvals import add_person
 from upgate.config import load_settings
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.graphs.runner import Runner
+from upgate.notify.events import queued_here
 from upgate.notify.slack_actions import PATH, slack_actions_router
 from upgate.notify.slack_people import SlackState
 from upgate.notify.testing import LoopbackReceiver, Received, slack_action_request
-from upgate.notify.events import queued_here
 from upgate.notify.worker import deliver_after_command
 
 from ..conftest import OracleClient, make_target_repo, suite_answers, write_config
