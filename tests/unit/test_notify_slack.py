@@ -30,11 +30,14 @@ class Decisions:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
         self.refuse = ""
+        self.crash = False
 
     def __call__(self, cycle_id: str, *, action: str, person: str, reason: str,
                  evidence_hash: str) -> dict[str, Any]:
         if self.refuse:
             raise ApprovalError(self.refuse)
+        if self.crash:
+            raise RuntimeError("a bug")
         self.calls.append({"cycle_id": cycle_id, "action": action, "person": person,
                            "evidence_hash": evidence_hash})
         return {"outcome": "deployed" if action == "approve" else "rejected"}
@@ -137,6 +140,13 @@ def test_the_runners_own_refusal_reaches_the_message(setup: Setup) -> None:
     decisions.refuse = "bob requested this change and cannot approve it; another person must"
     assert press(client) == 200
     assert "cannot approve it" in replies[0][1]["text"]
+
+
+def test_a_crash_while_deciding_is_reported_not_swallowed(setup: Setup) -> None:
+    client, decisions, replies = setup
+    decisions.crash = True
+    assert press(client) == 200
+    assert "failed while deciding" in replies[0][1]["text"]
 
 
 def test_only_upgate_buttons_are_handled(setup: Setup) -> None:

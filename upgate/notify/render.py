@@ -111,7 +111,7 @@ def _text(kind: str, cycle: str, f: dict[str, Any]) -> str:
 def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
             *, buttons: bool = True) -> Message:
     """The message for one outbox row, under the ledger head at send time."""
-    f = dict(row.payload)
+    f = {k: v for k, v in row.payload.items() if k != "type"}
     kind = row.type
     fields: list[tuple[str, str]] = [("Cycle", row.cycle_id)]
     if kind == "approval_requested":

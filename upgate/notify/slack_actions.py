@@ -120,6 +120,9 @@ class SlackActions:
         except UpgateError as exc:
             log.exception("Slack decision on %s failed", cycle_id)
             return _refusal(f"upgate could not apply the decision: {exc}")
+        except Exception:  # a bug: say so in Slack rather than leave the button hanging
+            log.exception("Slack decision on %s crashed", cycle_id)
+            return _refusal("the approval service failed while deciding; see its log")
         outcome = str(state.get("outcome", "?"))
         verb = "approved" if action == "approve" else "rejected"
         seq, digest = self.head()
