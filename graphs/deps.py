@@ -46,7 +46,6 @@ class Deps:
     train_sandbox: SandboxFactory
     harness: ChatChoiceHarness
     admin: VllmAdmin | None
-    secret: bytes
     now: Callable[[], datetime] = field(default=_utcnow)
     monitor_cases: int = 16
 

@@ -13,6 +13,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from upgate.admin import replay
 from upgate.agents.coder import CoderContext, implement
 from upgate.agents.critic import CriticContext, critique
 from upgate.agents.proposer import propose
@@ -299,21 +300,29 @@ def gate(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         _record(deps, state, "gate", "rejected", {"reason": reason})
         return {"outcome": "rejected", "reason": reason}
     needs = deps.policy.requires_approval(proposal.kind)
+    requested_at = deps.now().isoformat()
     request = {
         "cycle_id": state["cycle_id"],
         "candidate_hash": _candidate(state).content_hash,
         "evidence_hash": verdict.evidence_hash,
         "policy_version": deps.policy.version_id,
+        "policy_hash": deps.policy.content_hash,
+        "sandbox": deps.settings.sandbox.type,
         "requester": state.get("requester", ""),
-        "requested_at": deps.now().isoformat(),
+        "requested_at": requested_at,
         "kind": proposal.kind,
         "required": needs,
+        "approvals_required": deps.policy.approvals_required(proposal.kind) if needs else 0,
+        "approvals": [],
     }
-    _record(deps, state, "gate", "approval_requested" if needs else "auto_approved", request)
+    # A request made again (after it expired) is a new ledger record, not the first one.
+    attempt = int(sha256_text(requested_at)[:8], 16) if state.get("approval") else 0
+    _record(deps, state, "gate", "approval_requested" if needs else "auto_approved", request,
+            attempt=attempt)
     if not needs:
         return {"approval": {**request, "action": "approve", "approver": "policy:auto"},
                 "outcome": "approved"}
-    return {"approval": request, "outcome": "awaiting_approval"}
+    return {"approval": request, "approval_error": "", "outcome": "awaiting_approval"}
 
 
 def after_gate(state: CycleState) -> str:
@@ -326,13 +335,22 @@ def after_gate(state: CycleState) -> str:
 
 
 def approve(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
-    """Wait for a human decision (interrupt), then check it is bound to this request."""
+    """Wait for a human decision (interrupt), then check it is bound to this request.
+
+    The decision is verified with the keyring replayed from the admin-signed records
+    (public keys only). With `approvals_required` above one, each valid approval is
+    recorded and the cycle waits again until enough distinct approvers have approved.
+    """
     deps = runtime.context
     request = dict(state["approval"] or {})
     verdict = Verdict.model_validate(state["verdict"])
+    approvals: list[dict[str, Any]] = list(request.get("approvals") or [])
     raw = interrupt({
-        **{k: request[k] for k in ("cycle_id", "candidate_hash", "evidence_hash",
-                                   "policy_version", "requester", "requested_at", "kind")},
+        **{k: request.get(k) for k in ("cycle_id", "candidate_hash", "evidence_hash",
+                                       "policy_version", "policy_hash", "sandbox", "requester",
+                                       "requested_at", "kind")},
+        "approvals_required": int(request.get("approvals_required") or 1),
+        "approved_by": [a["approver"] for a in approvals],
         "summary": list(verdict.reasons),
         "baseline_score": verdict.baseline_score,
         "candidate_score": verdict.candidate_score,
@@ -341,24 +359,37 @@ def approve(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     try:
         decision = Decision.model_validate(raw)
         check_decision(
-            decision, key=deps.secret, cycle_id=state["cycle_id"],
-            candidate_hash=_candidate(state).content_hash,
+            decision, keyring=replay(deps.store, deps.ledger).keyring(),
+            cycle_id=state["cycle_id"], candidate_hash=_candidate(state).content_hash,
             evidence_hash=verdict.evidence_hash, policy_version=deps.policy.version_id,
-            requester=state.get("requester", ""), approvers=deps.policy.approvers,
-            requested_at=request["requested_at"],
-            ttl_hours=deps.policy.thresholds.approval_ttl_hours, now=deps.now(),
+            requester=state.get("requester", ""), requested_at=request["requested_at"],
+            ttl_hours=deps.policy.thresholds.approval_ttl_hours,
+            approved_by=[a["approver"] for a in approvals], now=deps.now(),
         )
     except (ApprovalError, ValueError) as exc:
         _record(deps, state, "approve", "refused",
                 {"reason": str(exc)}, attempt=int(sha256_text(str(raw))[:8], 16))
         return {"approval_error": str(exc), "outcome": "awaiting_approval"}
-    data = {**request, **decision.model_dump(mode="json")}
-    _record(deps, {**state, "approval": data}, "approve", decision.action,
-            {"approver": decision.approver, "channel": decision.channel,
-             "reason": decision.reason, "signature": decision.signature})
+    detail = {"approver": decision.approver, "channel": decision.channel,
+              "signer": decision.signer, "reason": decision.reason,
+              "signature": decision.signature, "policy_hash": deps.policy.content_hash,
+              "sandbox": deps.settings.sandbox.type}
     if decision.action == "reject":
+        data = {**request, **decision.model_dump(mode="json")}
+        _record(deps, {**state, "approval": data}, "approve", "reject", detail)
         return {"approval": data, "outcome": "rejected",
                 "reason": f"rejected by {decision.approver}: {decision.reason}"}
+    approvals.append({k: detail[k] for k in ("approver", "channel", "signer", "signature")})
+    needed = int(request.get("approvals_required") or 1)
+    if len(approvals) < needed:
+        _record(deps, state, "approve", "approval_recorded",
+                {**detail, "approvals": len(approvals), "required": needed},
+                attempt=int(sha256_text(decision.signature)[:8], 16))
+        return {"approval": {**request, "approvals": approvals}, "approval_error": "",
+                "outcome": "awaiting_approval"}
+    data = {**request, **decision.model_dump(mode="json"), "approvals": approvals}
+    _record(deps, {**state, "approval": data}, "approve", decision.action,
+            {**detail, "approved_by": [a["approver"] for a in approvals]})
     return {"approval": data, "approval_error": "", "outcome": "approved"}
 
 

@@ -1,22 +1,33 @@
-"""Run cycles: start one, resume one, answer its approval, list what waits."""
+"""Run cycles: start one, resume one, answer its approval, cancel one, list what waits.
+
+Decisions on one cycle are serialised by a lock file in the state folder (across
+processes), and each answers the request pending when it got the lock: a second decision
+racing the first finds the cycle moved on and is recorded as late, not lost.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
-from upgate.approvals import sign
-from upgate.errors import ApprovalError
+from upgate.admin import replay
+from upgate.approvals import sign, signature_valid
+from upgate.errors import ApprovalError, UpgateError
 from upgate.graphs.builder import compile_graph, sqlite_checkpointer
 from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
+from upgate.identity import Signer
+from upgate.notify.events import outbox_for
 from upgate.records import Decision
 
 log = logging.getLogger(__name__)
@@ -33,6 +44,20 @@ class BatchReport:
     cycles: list[str] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
     stopped_because: str = ""
+
+
+CYCLE_ID = re.compile(r"c[a-z0-9-]{1,63}")
+"""Cycle ids: what `new_cycle_id` makes, and nothing a path or a query could abuse."""
+
+
+def validate_cycle_id(cycle_id: str) -> str:
+    """The cycle id, or an error saying what one looks like."""
+    if not isinstance(cycle_id, str) or not CYCLE_ID.fullmatch(cycle_id):
+        raise ApprovalError(
+            f"invalid cycle id {cycle_id!r}: cycle ids look like c20260301-120000-1a2b3c "
+            "(see `upgate inbox` or `upgate history`)"
+        )
+    return cycle_id
 
 
 def new_cycle_id(now: datetime | None = None) -> str:
@@ -67,9 +92,12 @@ class Runner:
     def start(self, requester: str, *, cycle_id: str | None = None,
               progress: Progress | None = None) -> CycleState:
         """Start a new cycle; returns its state when it ends or waits for approval."""
-        cycle_id = cycle_id or new_cycle_id()
+        cycle_id = validate_cycle_id(cycle_id or new_cycle_id())
         self.deps.ledger.append(cycle_id, "start", "started",
-                                {"requester": requester, "target": self.deps.manifest.name},
+                                {"requester": requester, "target": self.deps.manifest.name,
+                                 "policy_version": self.deps.policy.version_id,
+                                 "policy_hash": self.deps.policy.content_hash,
+                                 "sandbox": self.deps.settings.sandbox.type},
                                 key=f"{cycle_id}/start")
         initial: CycleState = {
             "cycle_id": cycle_id, "requester": requester,
@@ -93,7 +121,8 @@ class Runner:
             "requester": requester, "max_cycles": max_cycles, "max_pending": max_pending,
             "pause_after_failures": limit})
         while True:
-            pending = len(self.inbox())
+            # An expired request no longer blocks autonomy: `resume` re-critiques it.
+            pending = sum(not self.stale_reason(r) for r in self.inbox())
             if pending >= max_pending:
                 report.stopped_because = (f"paused: {pending} approval(s) wait in the inbox "
                                           f"(threshold {max_pending})")
@@ -116,51 +145,151 @@ class Runner:
             "reason": report.stopped_because})
         return report
 
+    @contextmanager
+    def cycle_lock(self, cycle_id: str) -> Iterator[None]:
+        """Hold the cycle's lock (one decision, resume or cancel at a time, across processes)."""
+        folder = self.deps.state_dir / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{validate_cycle_id(cycle_id)}.lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def stale_reason(self, request: dict[str, Any]) -> str:
+        """Why a pending request can no longer be approved ('' if it still can)."""
+        if request.get("policy_version") != self.deps.policy.version_id:
+            return (f"the policy changed ({request.get('policy_version')} -> "
+                    f"{self.deps.policy.version_id})")
+        ttl = timedelta(hours=self.deps.policy.thresholds.approval_ttl_hours)
+        try:
+            requested = datetime.fromisoformat(str(request.get("requested_at")))
+        except ValueError:
+            return "the request's time is unreadable"
+        if self.deps.now() - requested > ttl:
+            return "the approval request expired"
+        return ""
+
     def resume(self, cycle_id: str, *, progress: Progress | None = None) -> CycleState:
-        """Continue a cycle from its last checkpoint (after a crash or a stop)."""
-        snap = self.graph.get_state(self._config(cycle_id))
-        if not snap.values:
-            started = [e for e in self.deps.ledger.entries(cycle_id) if e.node == "start"]
-            if not started:
-                raise ApprovalError(f"no cycle {cycle_id!r} in {self.deps.state_dir}")
-            # Killed before the first checkpoint: start it again under the same id.
-            return self.start(str(started[0].payload["requester"]), cycle_id=cycle_id,
-                              progress=progress)
-        if snap.interrupts:
-            return self.state(cycle_id)
-        if not snap.next:
-            return self.state(cycle_id)
+        """Continue a cycle from its last checkpoint (after a crash or a stop).
+
+        A cycle waiting on a request that expired, or was made under another policy, goes
+        back for a fresh critique and a new request.
+        """
+        with self.cycle_lock(cycle_id):
+            snap = self.graph.get_state(self._config(cycle_id))
+            if not snap.values:
+                started = [e for e in self.deps.ledger.entries(cycle_id) if e.node == "start"]
+                if not started:
+                    raise ApprovalError(f"no cycle {cycle_id!r} in {self.deps.state_dir}")
+                if self._cancelled(cycle_id):
+                    return self.state(cycle_id)
+                # Killed before the first checkpoint: start it again under the same id.
+                return self.start(str(started[0].payload["requester"]), cycle_id=cycle_id,
+                                  progress=progress)
+            if snap.interrupts:
+                request = self.pending(cycle_id)
+                why = self.stale_reason(request) if request else ""
+                if not why:
+                    return self.state(cycle_id)
+                return self._recritique(cycle_id, why, request or {}, progress)
+            if not snap.next:
+                return self.state(cycle_id)
+            return self._drive(cycle_id, None, progress)
+
+    def _recritique(self, cycle_id: str, why: str, request: dict[str, Any],
+                    progress: Progress | None) -> CycleState:
+        expired = {"reason": why, "requested_at": request.get("requested_at"),
+                   "policy_version": self.deps.policy.version_id,
+                   "policy_hash": self.deps.policy.content_hash}
+        self.deps.ledger.append(
+            cycle_id, "approve", "expired", expired,
+            key=f"{cycle_id}/approve/expired/{request.get('requested_at')}",
+            outbox=outbox_for(self.deps.settings.notify, self.deps.state_dir, "approve",
+                              "expired", expired))
+        # As if the candidate had just been built: the critic judges it again under the
+        # policy in force, and the gate makes a fresh request.
+        self.graph.update_state(self._config(cycle_id),
+                                {"approval_error": "", "outcome": "running"},
+                                as_node="implement")
         return self._drive(cycle_id, None, progress)
 
-    def decide(self, cycle_id: str, *, action: str, person: str, reason: str = "",
-               channel: str = "cli", progress: Progress | None = None,
-               signer: Any = None, evidence_hash: str | None = None) -> CycleState:
-        """Resume a waiting cycle with an authenticated person's signed decision.
+    def decide(self, cycle_id: str, *, action: str, person: str, signer: Signer,
+               evidence_hash: str, reason: str = "", channel: str = "cli",
+               progress: Progress | None = None) -> CycleState:
+        """Resume a waiting cycle with a person's decision, signed by `signer`.
 
-        `evidence_hash` is the packet hash the person saw; another pending one is refused.
+        `evidence_hash` is the packet the person reviewed: it must be the one the pending
+        request is bound to. The runner signs nothing itself; the approve node verifies
+        the signature with the keyring (public keys only).
         """
-        request = self.pending(cycle_id)
-        if request is None:
-            raise ApprovalError(
-                f"cycle {cycle_id} is not waiting for a decision; see `upgate inbox`"
-            )
-        if evidence_hash is not None and evidence_hash != request["evidence_hash"]:
-            raise ApprovalError(
-                f"the evidence of {cycle_id} changed since it was shown "
-                f"({evidence_hash[:12]} shown, {request['evidence_hash'][:12]} now); "
-                "review the current evidence and decide again"
-            )
-        decision = sign(Decision(
-            cycle_id=cycle_id, action=action,  # type: ignore[arg-type]
-            approver=person, reason=reason, candidate_hash=request["candidate_hash"],
-            evidence_hash=request["evidence_hash"], policy_version=request["policy_version"],
-            issued_at=self.deps.now().isoformat(), channel=channel,  # type: ignore[arg-type]
-        ), self.deps.secret)
-        state = self._drive(cycle_id, Command(resume=decision.model_dump(mode="json")),
-                            progress)
-        if state.get("approval_error") and self.pending(cycle_id) is not None:
-            raise ApprovalError(state["approval_error"])
-        return state
+        validate_cycle_id(cycle_id)
+        with self.cycle_lock(cycle_id):
+            request = self.pending(cycle_id)
+            decision = sign(Decision(
+                cycle_id=cycle_id, action=action,  # type: ignore[arg-type]
+                approver=person, reason=reason,
+                candidate_hash=(request or {}).get("candidate_hash", ""),
+                evidence_hash=evidence_hash,
+                policy_version=(request or {}).get("policy_version", ""),
+                issued_at=self.deps.now().isoformat(), channel=channel,  # type: ignore[arg-type]
+            ), signer)
+            if request is None:
+                self._record_late(cycle_id, decision)
+                raise ApprovalError(
+                    f"cycle {cycle_id} is not waiting for a decision; see `upgate inbox`"
+                )
+            if evidence_hash != request["evidence_hash"]:
+                raise ApprovalError(
+                    f"the evidence you reviewed ({evidence_hash[:16]}) is not the packet this "
+                    f"request is bound to ({request['evidence_hash'][:16]}); review it again "
+                    f"with `upgate show {cycle_id}`"
+                )
+            state = self._drive(cycle_id, Command(resume=decision.model_dump(mode="json")),
+                                progress)
+            if state.get("approval_error") and self.pending(cycle_id) is not None:
+                raise ApprovalError(state["approval_error"])
+            return state
+
+    def _record_late(self, cycle_id: str, decision: Decision) -> None:
+        """A signed decision that arrived after the cycle moved on: kept, not lost."""
+        if cycle_id not in self.deps.ledger.cycles():
+            return
+        if not signature_valid(decision, replay(self.deps.store, self.deps.ledger).keyring()):
+            return
+        self.deps.ledger.append(cycle_id, "approve", "late", {
+            "approver": decision.approver, "action": decision.action,
+            "signer": decision.signer, "signature": decision.signature,
+            "reason": "the cycle was no longer waiting for a decision"})
+
+    def cancel(self, cycle_id: str, *, person: str, reason: str) -> CycleState:
+        """End an unfinished cycle (waiting, stopped, or stuck) with a reason."""
+        validate_cycle_id(cycle_id)
+        if not reason.strip():
+            raise ApprovalError("say why: `upgate cancel CYCLE --reason TEXT`")
+        with self.cycle_lock(cycle_id):
+            if cycle_id not in self.deps.ledger.cycles():
+                raise ApprovalError(f"no cycle {cycle_id!r} in {self.deps.state_dir}")
+            snap = self.graph.get_state(self._config(cycle_id))
+            if self._cancelled(cycle_id) or (snap.values and not snap.next):
+                raise ApprovalError(f"cycle {cycle_id} already ended "
+                                    f"({snap.values.get('outcome', 'cancelled')})")
+            self.deps.ledger.append(cycle_id, "record", "cancelled",
+                                    {"by": person, "reason": reason},
+                                    key=f"{cycle_id}/record/cancelled")
+            if snap.values:
+                try:
+                    self.graph.update_state(
+                        self._config(cycle_id),
+                        {"outcome": "cancelled", "reason": f"cancelled by {person}: {reason}"},
+                        as_node="record")
+                except (UpgateError, ValueError) as exc:  # pragma: no cover - defensive
+                    log.warning("cancel %s: %s", cycle_id, exc)
+            return self.state(cycle_id)
+
+    def _cancelled(self, cycle_id: str) -> bool:
+        return self.deps.ledger.find(f"{cycle_id}/record/cancelled") is not None
 
     def state(self, cycle_id: str) -> CycleState:
         """The cycle's current state values."""
@@ -190,6 +319,12 @@ class Runner:
         out = []
         for cycle_id in self.deps.ledger.cycles():
             snap = self.graph.get_state(self._config(cycle_id))
+            if self._cancelled(cycle_id):
+                continue
+            request = self.pending(cycle_id) if snap.interrupts else None
+            if request is not None and self.stale_reason(request):
+                out.append(cycle_id)  # resume re-critiques it
+                continue
             if (snap.values and snap.next and not snap.interrupts) or (not snap.values and any(
                 e.node == "start" for e in self.deps.ledger.entries(cycle_id)
             )):

@@ -33,6 +33,11 @@ version = "1"
 approvers = ["bob", "carol"]
 protected_paths = ["tests/**"]
 
+[roles]
+admin = ["alice"]
+operator = ["alice"]
+approver = ["bob", "carol"]
+
 [kinds.code]
 allowed = true
 [kinds.prompt]
@@ -117,9 +122,68 @@ def suite_answers() -> dict[str, str]:
     return out
 
 
+PEOPLE = ("bob", "carol", "dave")
+"""Registered besides alice (the first admin and operator); dave holds no role."""
+
+
+def init_people(workdir: Path, people: Sequence[str] = PEOPLE) -> Path:
+    """`upgate init --admin alice` plus people registered by alice; returns the key dir
+    (`workdir/keys`, outside the state folder) holding everyone's private key."""
+    from upgate import admin
+    from upgate.config import load_settings
+    from upgate.identity import generate_key, load_signer, person_key_id
+    from upgate.ledger import open_ledger
+    from upgate.store import Store
+
+    settings = load_settings(workdir / "upgate.toml")
+    keys = workdir / "keys"
+    store, ledger = Store(settings.state_dir / "state.sqlite"), open_ledger(settings.state_dir)
+    try:
+        admin.init_state(store, ledger, admin="alice", policy_text=settings.policy.read_text(),
+                         key_dir=keys)
+        alice = load_signer(person_key_id("alice"), keys)
+        for name in people:
+            admin.add_person(store, ledger, alice, name,
+                             public_key=generate_key(person_key_id(name), keys))
+    finally:
+        store.close()
+        ledger.close()
+    return keys
+
+
+def adopt(workdir: Path) -> None:
+    """alice adopts the policy file as it is now (after a test edited it)."""
+    from upgate import admin
+    from upgate.identity import load_signer, person_key_id
+    from upgate.ledger import open_ledger
+    from upgate.store import Store
+
+    store, ledger = Store(workdir / "state" / "state.sqlite"), open_ledger(workdir / "state")
+    try:
+        admin.adopt_policy(store, ledger, load_signer(person_key_id("alice"), workdir / "keys"),
+                           (workdir / "policy.toml").read_text())
+    finally:
+        store.close()
+        ledger.close()
+
+
+def decide(runner: Any, cycle_id: str, action: str, person: str, reason: str = "",
+           evidence_hash: str | None = None) -> Any:
+    """`runner.decide` signed with `person`'s own key, on the evidence the request shows."""
+    from upgate.identity import load_signer, person_key_id
+
+    request = runner.pending(cycle_id) or {}
+    signer = load_signer(person_key_id(person), runner.deps.state_dir.parent / "keys")
+    return runner.decide(cycle_id, action=action, person=person, reason=reason, signer=signer,
+                         evidence_hash=evidence_hash or request.get("evidence_hash", ""))
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A folder with a target repo and a config using the fake sandbox."""
+    """A folder with a target repo, a config using the fake sandbox, and an initialised
+    state: alice (admin, operator), bob and carol (approvers), dave (no role); their
+    private keys in `keys/`, outside `state/`."""
     make_target_repo(tmp_path / "target")
     write_config(tmp_path)
+    init_people(tmp_path)
     return tmp_path

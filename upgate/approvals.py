@@ -1,60 +1,40 @@
 """Authenticated, signed, bound and expiring human decisions.
 
-A person authenticates with a token (only its SHA-256 is stored). A decision is signed with
-the state folder's secret key (HMAC-SHA256) over the cycle, the candidate's content hash, the
-evidence packet's hash and the policy version, so a decision for another cycle or for a
-changed candidate does not verify, and no one without the key can forge one. The approve
-node checks it all again before it lets the graph go on.
+A decision is signed with an ed25519 key the runner does not hold: the person's own key on
+the CLI (`signer == "person:<approver>"`), or the approval service's key for a decision it
+took from a person it logged in (`signer == "service:<name>"`, channel chat or slack). The
+signature covers the cycle, the candidate's content hash, the evidence packet's hash and
+the policy version, so a decision for another cycle or a changed candidate does not
+verify. The approve node checks it all again with the `Keyring` (public keys only).
+
+A person logs in to the approval service with a token; only its SHA-256 is stored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import re
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from upgate.errors import ApprovalError
+from upgate.errors import ApprovalError, IdentityError
 from upgate.hashing import canonical_json
+from upgate.identity import Keyring, Signer, person_key_id
 from upgate.records import Decision
 from upgate.store import Store
 
 AUTONOMOUS_REQUESTER = "upgate:autonomous"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def secret_key(state_dir: Path) -> bytes:
-    """The state folder's signing key, created (mode 0600) on first use."""
-    path = state_dir / "secret.key"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
-    return path.read_bytes()
-
-
-def add_person(store: Store, name: str) -> str:
-    """Register a person (or rotate their token); returns the new token, shown once."""
-    if not _NAME.fullmatch(name):
-        raise ApprovalError(
-            f"invalid name {name!r}: use letters, digits, '-', '_' or '.'; 'upgate:' is reserved"
-        )
-    token = secrets.token_urlsafe(24)
-    store.set_person(name, hashlib.sha256(token.encode()).hexdigest())
-    return token
+SKEW = timedelta(minutes=5)
 
 
 def authenticate(store: Store, name: str, token: str | None) -> str:
-    """Check a person's token; returns the name or raises saying what to do."""
+    """Check a person's login token (the approval service's login); returns the name."""
     stored = store.token_hash(name)
     if stored is None:
         raise ApprovalError(
             f"{name!r} is not a registered person; an admin adds them with "
-            f"`upgate person add {name}`"
+            f"`upgate person add {name} --as ADMIN`"
         )
     if not token:
         raise ApprovalError(
@@ -67,38 +47,124 @@ def authenticate(store: Store, name: str, token: str | None) -> str:
     return name
 
 
-def sign(decision: Decision, key: bytes) -> Decision:
-    """The decision with its signature."""
-    mac = hmac.new(key, canonical_json(decision.signing_payload()).encode(), hashlib.sha256)
-    return decision.model_copy(update={"signature": mac.hexdigest()})
+def prove_identity(keyring: Keyring, name: str, signer: Signer, *,
+                   role: str | tuple[str, ...]) -> str:
+    """Check the caller holds `name`'s registered key and the role; returns the name.
+
+    The signer signs a fresh challenge that the keyring verifies, so a key file that is
+    not the one registered for `name` (another person's, a stale one) gets nowhere.
+    """
+    if signer.key_id != person_key_id(name):
+        raise IdentityError(f"the key given is {signer.key_id}'s, not person:{name}'s")
+    if person_key_id(name) not in keyring.public_keys:
+        raise IdentityError(
+            f"{name!r} is not a registered person; an admin adds them with "
+            f"`upgate person add {name} --as ADMIN`"
+        )
+    challenge = secrets.token_bytes(32)
+    if not keyring.verify(signer.key_id, challenge, signer.sign(challenge)):
+        raise IdentityError(
+            f"the private key used for {name} is not the one registered for them (re-keyed? "
+            "ask an admin for `upgate person rekey`)"
+        )
+    wanted = (role,) if isinstance(role, str) else role
+    if not any(keyring.has_role(name, r) for r in wanted):
+        raise IdentityError(
+            f"{name} does not hold the {' or '.join(wanted)} role under the adopted policy; "
+            "an admin adds "
+            f"them under [roles] and adopts it with `upgate policy adopt FILE --as ADMIN`"
+        )
+    return name
 
 
-def signature_valid(decision: Decision, key: bytes) -> bool:
-    """Whether a decision's signature matches its fields."""
-    expected = sign(decision, key).signature
-    return hmac.compare_digest(expected, decision.signature)
+def payload(decision: Decision) -> bytes:
+    """The bytes a decision's signature covers (every field but the signature)."""
+    return canonical_json(decision.signing_payload()).encode()
+
+
+def sign(decision: Decision, signer: Signer) -> Decision:
+    """The decision signed by `signer` (its key id is part of what is signed)."""
+    bound = decision.model_copy(update={"signer": signer.key_id, "signature": ""})
+    return bound.model_copy(update={"signature": signer.sign(payload(bound))})
+
+
+def signature_valid(decision: Decision, keyring: Keyring) -> bool:
+    """Whether a registered key made the decision's signature over its fields."""
+    return bool(decision.signer) and keyring.verify(decision.signer, payload(decision),
+                                                    decision.signature)
+
+
+def _check_signer(decision: Decision, keyring: Keyring) -> None:
+    if not signature_valid(decision, keyring):
+        raise ApprovalError(
+            "the decision's signature does not verify (forged, altered, or signed by a key "
+            "upgate does not know)"
+        )
+    kind = decision.signer.partition(":")[0]
+    if kind == "person" and decision.signer != person_key_id(decision.approver):
+        raise ApprovalError(
+            f"the decision names {decision.approver} but is signed by {decision.signer}"
+        )
+    if kind == "service" and decision.channel == "cli":
+        raise ApprovalError("a CLI decision must be signed by the person's own key")
+    if kind not in ("person", "service"):
+        raise ApprovalError(f"unknown signer {decision.signer!r}")
+    if person_key_id(decision.approver) not in keyring.public_keys:
+        raise ApprovalError(f"{decision.approver} is not a registered person")
+
+
+def _check_time(decision: Decision, requested_at: str, ttl_hours: float,
+                now: datetime) -> None:
+    ttl = timedelta(hours=ttl_hours)
+    try:
+        issued = datetime.fromisoformat(decision.issued_at)
+        requested = datetime.fromisoformat(requested_at)
+    except ValueError as exc:
+        raise ApprovalError(f"unreadable timestamp in the decision: {exc}") from exc
+    if issued.tzinfo is None or requested.tzinfo is None:
+        raise ApprovalError("decision timestamps must carry a timezone")
+    if now - issued > ttl or issued - now > SKEW:
+        raise ApprovalError("the decision is stale (issued outside the approval window)")
+    if issued < requested - SKEW:
+        raise ApprovalError("the decision was issued before the approval request existed")
+    if now - requested > ttl:
+        raise ApprovalError(
+            "the approval request expired; run the critique again with `upgate resume` "
+            "(or reject it)"
+        )
 
 
 def check_decision(
     decision: Decision,
     *,
-    key: bytes,
+    keyring: Keyring,
     cycle_id: str,
     candidate_hash: str,
     evidence_hash: str,
     policy_version: str,
     requester: str,
-    approvers: tuple[str, ...],
     requested_at: str,
     ttl_hours: float,
+    approved_by: Sequence[str] = (),
     now: datetime | None = None,
 ) -> None:
-    """Raise ApprovalError unless the decision is valid for exactly this request."""
+    """Raise ApprovalError unless the decision is valid for exactly this request.
+
+    A rejection needs a valid signature by someone entitled to decide, and nothing else:
+    reject is always possible, even after the request expired or the policy changed.
+    """
     now = now or datetime.now(UTC)
-    if not signature_valid(decision, key):
-        raise ApprovalError("the decision's signature does not verify (forged or altered)")
+    _check_signer(decision, keyring)
     if decision.cycle_id != cycle_id:
         raise ApprovalError(f"the decision is for cycle {decision.cycle_id}, not {cycle_id}")
+    who = decision.approver
+    if decision.action == "reject":
+        if who != requester and not (keyring.has_role(who, "approver")
+                                     or keyring.has_role(who, "admin")):
+            raise ApprovalError(f"{who} may not reject: not an approver, admin or the requester")
+        if datetime.fromisoformat(decision.issued_at) - now > SKEW:
+            raise ApprovalError("the decision is stale (issued outside the approval window)")
+        return
     if decision.candidate_hash != candidate_hash:
         raise ApprovalError(
             "the candidate changed after it was reviewed: the decision binds to "
@@ -110,31 +176,17 @@ def check_decision(
         raise ApprovalError(
             f"the policy changed ({decision.policy_version} -> {policy_version}); review again"
         )
-    if decision.action == "approve":
-        if decision.approver == requester:
-            raise ApprovalError(
-                f"{decision.approver} requested this change and cannot approve it; "
-                "another person must"
-            )
-        if approvers and decision.approver not in approvers:
-            raise ApprovalError(
-                f"{decision.approver} is not an approver under the policy "
-                f"(approvers: {', '.join(approvers)})"
-            )
-    ttl = timedelta(hours=ttl_hours)
-    skew = timedelta(minutes=5)
-    try:
-        issued = datetime.fromisoformat(decision.issued_at)
-        requested = datetime.fromisoformat(requested_at)
-    except ValueError as exc:
-        raise ApprovalError(f"unreadable timestamp in the decision: {exc}") from exc
-    if issued.tzinfo is None or requested.tzinfo is None:
-        raise ApprovalError("decision timestamps must carry a timezone")
-    if now - issued > ttl or issued - now > skew:
-        raise ApprovalError("the decision is stale (issued outside the approval window)")
-    if issued < requested - skew:
-        raise ApprovalError("the decision was issued before the approval request existed")
-    if now - requested > ttl:
+    requester_key = keyring.public_keys.get(person_key_id(requester))
+    if who == requester or (requester_key is not None
+                            and keyring.public_keys[person_key_id(who)] == requester_key):
+        raise ApprovalError(f"{who} requested this change and cannot approve it; "
+                            "another person must")
+    if not keyring.has_role(who, "approver"):
+        approvers = keyring.role_members.get("approver", ())
         raise ApprovalError(
-            "the approval request expired; run the critique again with `upgate resume`"
+            f"{who} is not an approver under the policy (approvers: "
+            f"{', '.join(approvers) or 'none'})"
         )
+    if who in approved_by:
+        raise ApprovalError(f"{who} already approved this change; another approver must")
+    _check_time(decision, requested_at, ttl_hours, now)

@@ -14,16 +14,18 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from upgate.approvals import add_person, authenticate
+from upgate.approvals import prove_identity
+from upgate.cli_admin import init_command, policy_app
+from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_critique import critique_command
 from upgate.cli_notify import notify_app
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
 from upgate.errors import UpgateError
-from upgate.graphs.runner import Runner
+from upgate.graphs.runner import Runner, validate_cycle_id
 from upgate.graphs.state import CycleState
+from upgate.identity import default_key_dir, load_signer, person_key_id
 from upgate.ledger import open_ledger
-from upgate.store import Store
 
 app = typer.Typer(
     help="upgate: propose, sandbox, critique, approve, deploy and record AI upgrades.",
@@ -33,6 +35,7 @@ person_app = typer.Typer(help="People who may request and approve changes.",
                          no_args_is_help=True)
 app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(policy_app, name="policy")
 app.command("critique")(critique_command)
 app.add_typer(notify_app, name="notify")
 
@@ -42,8 +45,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="upgate.toml to use.")]
 AsOpt = Annotated[str, typer.Option("--as", help="Who you are (a registered person).")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="UPGATE_TOKEN",
-                                              help="Your token (or set UPGATE_TOKEN).")]
+KeyDirOpt = Annotated[Path | None, typer.Option(
+    "--key-dir", help="Your private key folder (default $UPGATE_KEY_DIR, else "
+    "~/.config/upgate/keys).")]
 
 _NODE_LABELS = {
     "observe": "gathered evidence", "propose": "proposal made", "policy_check": "policy checked",
@@ -58,10 +62,21 @@ def _settings(config: Path | None) -> Settings:
     return load_settings(config)
 
 
-def _runner(settings: Settings) -> Runner:
+def _runner(settings: Settings, for_cycles: bool = True) -> Runner:
     from upgate.app import build_deps
 
-    return Runner(build_deps(settings))
+    return Runner(build_deps(settings, for_cycles=for_cycles))
+
+
+def _identify(runner: Runner, name: str, key_dir: Path | None,
+              role: str | tuple[str, ...]) -> Any:
+    """The caller's signer, after proving they hold `name`'s registered key and a role."""
+    from upgate.admin import replay
+
+    signer = load_signer(person_key_id(name), key_dir or default_key_dir())
+    prove_identity(replay(runner.deps.store, runner.deps.ledger).keyring(), name, signer,
+                   role=role)
+    return signer
 
 
 def _describe(node: str, data: dict[str, Any]) -> str:
@@ -105,9 +120,11 @@ def _finish(state: CycleState, runner: Runner) -> None:
                       f"(or `upgate show {cycle}`)")
         console.print(f"  candidate {req.get('candidate_hash', '')[:12]}, "
                       f"requested by {req.get('requester')}")
-        console.print("  approve:  UPGATE_TOKEN=<token> upgate approve "
-                      f"{cycle} --as <approver>")
-        console.print("  reject:   UPGATE_TOKEN=<token> upgate reject "
+        console.print(f"  approvals: {len(req.get('approved_by') or [])} of "
+                      f"{req.get('approvals_required', 1)}")
+        console.print("  approve:  upgate approve "
+                      f"{cycle} --as <approver>   (signed with your key in $UPGATE_KEY_DIR)")
+        console.print("  reject:   upgate reject "
                       f"{cycle} --as <approver> --reason '...'")
     else:
         colour = "green" if outcome == "deployed" else "red"
@@ -132,11 +149,12 @@ def _guard(fn: Any) -> Any:
 
 @app.command()
 @_guard
-def run(config: ConfigOpt = None, as_: AsOpt = "", token: TokenOpt = None) -> None:
+def run(config: ConfigOpt = None, as_: AsOpt = "", key_dir: KeyDirOpt = None) -> None:
     """Start one upgrade cycle; it runs until it ends or waits for approval."""
     settings = _settings(config)
     runner = _runner(settings)
-    requester = authenticate(runner.deps.store, as_ or settings.operator, token)
+    requester = as_ or settings.operator
+    _identify(runner, requester, key_dir, "operator")
     console.print(f"[bold]upgate[/bold]: cycle on {runner.deps.manifest.name} "
                   f"requested by {requester}")
     with console.status("running the cycle (evaluations and training take minutes on a CPU)"):
@@ -147,7 +165,7 @@ def run(config: ConfigOpt = None, as_: AsOpt = "", token: TokenOpt = None) -> No
 @app.command()
 @_guard
 def batch(
-    config: ConfigOpt = None, as_: AsOpt = "", token: TokenOpt = None,
+    config: ConfigOpt = None, as_: AsOpt = "", key_dir: KeyDirOpt = None,
     max_cycles: Annotated[int, typer.Option(min=1, help="Stop after this many cycles.")] = 5,
     max_pending: Annotated[int, typer.Option(
         min=1, help="Pause when this many approvals wait in the inbox.")] = 1,
@@ -157,7 +175,8 @@ def batch(
     """Run cycles autonomously until a pause threshold is reached."""
     settings = _settings(config)
     runner = _runner(settings)
-    requester = authenticate(runner.deps.store, as_ or settings.operator, token)
+    requester = as_ or settings.operator
+    _identify(runner, requester, key_dir, "operator")
     console.print(f"[bold]upgate batch[/bold] on {runner.deps.manifest.name} for {requester}")
 
     def show(state: CycleState) -> None:
@@ -176,7 +195,7 @@ def resume(cycle: Annotated[str | None, typer.Argument()] = None,
            config: ConfigOpt = None) -> None:
     """Continue a cycle (or every unfinished one) from its last checkpoint."""
     runner = _runner(_settings(config))
-    cycles = [cycle] if cycle else runner.unfinished()
+    cycles = [validate_cycle_id(cycle)] if cycle else runner.unfinished()
     if not cycles:
         console.print("nothing to resume")
     for cid in cycles:
@@ -221,30 +240,62 @@ def show(cycle: str, config: ConfigOpt = None) -> None:
     console.print(Markdown(packets[-1].read_text()))
 
 
-def _decide(cycle: str, action: str, as_: str, token: str | None, reason: str,
-            config: Path | None) -> None:
-    runner = _runner(_settings(config))
-    person = authenticate(runner.deps.store, as_, token)
+def _decide(cycle: str, action: str, as_: str, key_dir: Path | None, reason: str,
+            evidence: str | None, config: Path | None) -> None:
+    validate_cycle_id(cycle)
+    runner = _runner(_settings(config), for_cycles=False)
+    roles = ("approver",) if action == "approve" else ("approver", "admin", "operator")
+    signer = _identify(runner, as_, key_dir, roles)
+    request = runner.pending(cycle) or {}
+    bound = str(request.get("evidence_hash", ""))
+    if evidence is None:
+        evidence = bound  # the summary printed below is what the person reviews
+    elif len(evidence) >= 12 and bound.startswith(evidence.lower()):
+        evidence = bound
+    if request:
+        console.print(f"{action} {cycle}: candidate {request['candidate_hash'][:12]}, "
+                      f"evidence {bound[:16]}, policy {request['policy_version']}",
+                      highlight=False, markup=False)
     with console.status(f"{action} {cycle}"):
-        state = runner.decide(cycle, action=action, person=person, reason=reason,
-                              progress=_progress)
+        state = runner.decide(cycle, action=action, person=as_, reason=reason, signer=signer,
+                              evidence_hash=evidence, progress=_progress)
     _finish(state, runner)
+
+
+EvidenceOpt = Annotated[str | None, typer.Option(
+    "--evidence", help="The evidence hash you reviewed (from `upgate show`); a mismatch "
+    "with the pending request is refused.")]
 
 
 @app.command()
 @_guard
-def approve(cycle: str, as_: AsOpt, token: TokenOpt = None,
-            reason: Annotated[str, typer.Option()] = "", config: ConfigOpt = None) -> None:
-    """Approve a waiting cycle's candidate; the graph then deploys it."""
-    _decide(cycle, "approve", as_, token, reason, config)
+def approve(cycle: str, as_: AsOpt, key_dir: KeyDirOpt = None,
+            reason: Annotated[str, typer.Option()] = "", evidence: EvidenceOpt = None,
+            config: ConfigOpt = None) -> None:
+    """Approve a waiting cycle's candidate (signed with your key); the graph then deploys it."""
+    _decide(cycle, "approve", as_, key_dir, reason, evidence, config)
 
 
 @app.command()
 @_guard
 def reject(cycle: str, as_: AsOpt, reason: Annotated[str, typer.Option()],
-           token: TokenOpt = None, config: ConfigOpt = None) -> None:
-    """Reject a waiting cycle's candidate, with a reason."""
-    _decide(cycle, "reject", as_, token, reason, config)
+           key_dir: KeyDirOpt = None, evidence: EvidenceOpt = None,
+           config: ConfigOpt = None) -> None:
+    """Reject a waiting cycle's candidate, with a reason (possible even after it expired)."""
+    _decide(cycle, "reject", as_, key_dir, reason, evidence, config)
+
+
+@app.command()
+@_guard
+def cancel(cycle: str, as_: AsOpt, reason: Annotated[str, typer.Option()],
+           key_dir: KeyDirOpt = None, config: ConfigOpt = None) -> None:
+    """End an unfinished cycle (waiting, stopped or stuck), with a reason."""
+    validate_cycle_id(cycle)
+    runner = _runner(_settings(config), for_cycles=False)
+    _identify(runner, as_, key_dir, ("operator", "admin"))
+    state = runner.cancel(cycle, person=as_, reason=reason)
+    console.print(f"cycle {cycle}: {state.get('outcome', 'cancelled')}", highlight=False,
+                  markup=False)
 
 
 @app.command()
@@ -309,18 +360,8 @@ def reconcile(config: ConfigOpt = None) -> None:
                   f"reloaded {result['loaded'] or 'nothing'}")
 
 
-@person_app.command("add")
-@_guard
-def person_add(name: str, config: ConfigOpt = None) -> None:
-    """Register a person (or rotate their token); prints the token once."""
-    settings = _settings(config)
-    store = Store(settings.state_dir / "state.sqlite")
-    existed = store.token_hash(name) is not None
-    token = add_person(store, name)
-    open_ledger(settings.state_dir).append("admin", "person", "rotated" if existed else "added",
-                                           {"name": name})
-    console.print(f"{name}: token {token}", highlight=False)
-    console.print("Keep it secret; pass it as --token or UPGATE_TOKEN.")
+app.command("init")(_guard(init_command))
+register_admin_commands(person_app, _guard)
 
 
 def main() -> None:

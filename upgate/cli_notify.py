@@ -12,9 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from upgate.approvals import authenticate
+from upgate.admin import replay
+from upgate.approvals import prove_identity
 from upgate.config import Settings, load_settings
-from upgate.errors import ApprovalError, UpgateError
+from upgate.errors import UpgateError
+from upgate.hashing import canonical_json
+from upgate.identity import default_key_dir, ensure_outside, load_signer, person_key_id
 from upgate.ledger import open_ledger
 from upgate.notify.outbox import Outbox
 from upgate.notify.slack_people import SlackState
@@ -126,26 +129,32 @@ def _deliver(config: Path | None, retry_dead: bool) -> None:
 
 @notify_app.command("map-slack")
 def map_slack(slack_id: str, person: str,
-              as_: Annotated[str, typer.Option("--as", help="An admin ([notify] admins).")],
-              token: Annotated[str | None, typer.Option(
-                  "--token", envvar="UPGATE_TOKEN", help="Your token.")] = None,
+              as_: Annotated[str, typer.Option(
+                  "--as", help="The acting admin (signs the mapping with their key).")],
+              key_dir: Annotated[Path | None, typer.Option(
+                  "--key-dir", help="Private key folder (default $UPGATE_KEY_DIR, else "
+                  "~/.config/upgate/keys).")] = None,
               config: ConfigOpt = None) -> None:
     """Map a Slack user id to an upgate person, so their button presses count as theirs."""
-    _run(_map_slack, slack_id, person, as_, token, config)
+    _run(_map_slack, slack_id, person, as_, key_dir, config)
 
 
-def _map_slack(slack_id: str, person: str, as_: str, token: str | None,
+def _map_slack(slack_id: str, person: str, as_: str, key_dir: Path | None,
                config: Path | None) -> None:
     settings = load_settings(config)
+    folder = key_dir or default_key_dir()
+    ensure_outside(folder, settings.state_dir)
+    signer = load_signer(person_key_id(as_), folder)
     store = Store(settings.state_dir / "state.sqlite")
-    admin = authenticate(store, as_, token)
-    if admin not in settings.notify.admins:
-        raise ApprovalError(
-            f"{admin} is not an admin for notifications; only people named in [notify] admins "
-            f"({', '.join(settings.notify.admins) or 'none yet'}) may map Slack users"
-        )
-    SlackState(store).map_user(slack_id, person, by=admin)
-    open_ledger(settings.state_dir).append("admin", "notify", "slack_mapped",
-                                           {"slack_id": slack_id, "person": person,
-                                            "by": admin})
+    ledger = open_ledger(settings.state_dir)
+    try:
+        admin = prove_identity(replay(store, ledger).keyring(), as_, signer, role="admin")
+        SlackState(store).map_user(slack_id, person, by=admin)
+        record = {"slack_id": slack_id, "person": person, "by": admin}
+        ledger.append("admin", "notify", "slack_mapped", {
+            **record, "signer": signer.key_id,
+            "signature": signer.sign(canonical_json(record).encode())})
+    finally:
+        store.close()
+        ledger.close()
     console.print(f"Slack user {slack_id} is {person} (set by {admin})", highlight=False)

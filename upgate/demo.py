@@ -3,6 +3,10 @@
 It lays out a demo folder (the example target as a fresh git repository, a config pointing
 the agents at the local vLLM server, two people), runs one cycle, and stops at the human
 approval, printing exactly how to approve or reject.
+
+People: alice is the first admin and the operator who requests; bob approves. Their
+private keys live in the demo folder's own `keys/` (outside its `state/`), and the state
+holds only their public keys, registered by alice's signed commands.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from upgate import admin
 from upgate.app import build_deps
-from upgate.approvals import add_person
-from upgate.config import load_settings
+from upgate.config import Settings, load_settings
 from upgate.graphs.runner import Runner
+from upgate.identity import generate_key, load_signer, person_key_id
+from upgate.ledger import open_ledger
+from upgate.store import Store
 
 console = Console(soft_wrap=True)
 
@@ -65,6 +72,33 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
     return config
 
 
+def people(settings: Settings, keys: Path, tokens: Path) -> None:
+    """Initialise the state once (alice: admin), register bob, keep the policy adopted."""
+    store = Store(settings.state_dir / "state.sqlite")
+    ledger = open_ledger(settings.state_dir)
+    tokens.mkdir(exist_ok=True)
+    try:
+        text = settings.policy.read_text()
+        ids = admin.replay(store, ledger)
+        if not ids.seq:
+            made = admin.init_state(store, ledger, admin="alice", policy_text=text,
+                                    key_dir=keys)
+            (tokens / "alice").write_text(made.token)
+            (tokens / "alice").chmod(0o600)
+            ids = admin.replay(store, ledger)
+        alice = load_signer(person_key_id("alice"), keys)
+        if ids.policy is None or ids.policy_text != text:
+            admin.adopt_policy(store, ledger, alice, text)
+        if "bob" not in ids.people:
+            public = generate_key(person_key_id("bob"), keys, replace=True)
+            made = admin.add_person(store, ledger, alice, "bob", public_key=public)
+            (tokens / "bob").write_text(made.token)
+            (tokens / "bob").chmod(0o600)
+    finally:
+        store.close()
+        ledger.close()
+
+
 def main() -> None:
     """Run the demo."""
     root = Path(os.environ.get("UPGATE_DEMO_DIR", REPO / ".upgate-demo")).resolve()
@@ -72,16 +106,13 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     config = layout(root, port=port)
     settings = load_settings(config)
+    keys = root / "keys"
+    people(settings, keys, root / "tokens")
     runner = Runner(build_deps(settings))
-    tokens = root / "tokens"
-    tokens.mkdir(exist_ok=True)
-    for person in ("alice", "bob"):
-        if not (tokens / person).exists():
-            (tokens / person).write_text(add_person(runner.deps.store, person))
-            (tokens / person).chmod(0o600)
     console.print(f"[bold]upgate demo[/bold] in {root}")
     console.print("  target: ticket-triage (a support-ticket router served by vLLM as 'triage')")
-    console.print("  people: alice requests, bob approves (tokens in tokens/)\n")
+    console.print("  people: alice (admin) requests, bob approves; private keys in keys/, "
+                  "outside state/\n")
 
     from upgate.cli import _finish, _progress
 
@@ -104,10 +135,10 @@ def main() -> None:
     up = f"{sys.executable} -m upgate.cli"
     if state.get("outcome") == "awaiting_approval":
         console.print("\n[bold]To approve it as bob (this swaps the served model):[/bold]")
-        console.print(f"  UPGATE_TOKEN=$(cat {tokens}/bob) {up} approve {cycle} --as bob "
+        console.print(f"  UPGATE_KEY_DIR={keys} {up} approve {cycle} --as bob "
                       f"--config {config}", highlight=False, soft_wrap=True)
         console.print("[bold]To reject it:[/bold]")
-        console.print(f"  UPGATE_TOKEN=$(cat {tokens}/bob) {up} reject {cycle} --as bob "
+        console.print(f"  UPGATE_KEY_DIR={keys} {up} reject {cycle} --as bob "
                       f"--reason 'why' --config {config}", highlight=False, soft_wrap=True)
     console.print("[bold]Then:[/bold]")
     console.print(f"  {up} history {cycle} --config {config}", highlight=False, soft_wrap=True)

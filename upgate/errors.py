@@ -47,3 +47,7 @@ class DeployError(UpgateError, RuntimeError):
 
 class EvalError(UpgateError, RuntimeError):
     """An eval suite could not be loaded or run."""
+
+
+class IdentityError(ApprovalError):
+    """A key, identity or admin record is missing, unregistered or does not verify."""

@@ -41,6 +41,8 @@ class KindRule(BaseModel):
     approval: Literal["required", "auto"] = "required"
     recipes: tuple[str, ...] | None = None
     """Recipes allowed for this kind; None means all the target allows."""
+    approvals_required: int = Field(default=1, ge=1, le=5)
+    """How many distinct approvers must approve (the cycle waits until they all have)."""
     require_gain: bool = True
     """Whether the eval must improve. Off for changes the eval cannot measure (a refactor):
     tests, detectors and non-regression still apply, and a human still decides."""
@@ -64,6 +66,9 @@ class Thresholds(BaseModel):
     """Batch runs pause after this many failed or rejected cycles in a row."""
 
 
+RoleName = Literal["admin", "approver", "operator", "viewer"]
+
+
 class Policy(BaseModel):
     """A loaded policy file."""
 
@@ -72,6 +77,10 @@ class Policy(BaseModel):
     name: str
     version: str
     approvers: tuple[str, ...] = ()
+    """Kept for older files: these people also hold the approver role."""
+    roles: dict[RoleName, tuple[str, ...]] = Field(default_factory=dict)
+    """Who holds which role: admin (people, policy), approver, operator (starts cycles),
+    viewer. Roles come from here, never from who registered whom."""
     protected_paths: tuple[str, ...] = ("tests/**",)
     kinds: dict[ChangeKind, KindRule] = Field(default_factory=dict)
     thresholds: Thresholds = Thresholds()
@@ -91,6 +100,21 @@ class Policy(BaseModel):
         if kind == "model":
             return True
         return self.rule(kind).approval == "required"
+
+    def members(self, role: RoleName) -> tuple[str, ...]:
+        """The people holding a role (approvers listed the old way included)."""
+        names = self.roles.get(role, ())
+        if role == "approver":
+            names = tuple(dict.fromkeys(names + self.approvers))
+        return names
+
+    def role_members(self) -> dict[str, tuple[str, ...]]:
+        """Every role with its members."""
+        return {r: self.members(r) for r in ("admin", "approver", "operator", "viewer")}
+
+    def approvals_required(self, kind: ChangeKind) -> int:
+        """How many distinct people must approve a change of this kind."""
+        return self.rule(kind).approvals_required
 
     def all_protected(self) -> tuple[str, ...]:
         """The policy's protected globs plus those no policy can lift."""
@@ -121,6 +145,12 @@ def load_policy(path: Path) -> Policy:
             f"policy file {path} does not exist. Set `policy` in upgate.toml to a policy file "
             "(see examples/policy.toml)."
         ) from None
+    return parse_policy(text, str(path))
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """Validate a policy's text (a file's, or the adopted one kept in the state)."""
+    path = source
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -103,7 +103,7 @@ class Verdict(BaseModel):
 
 
 class Decision(BaseModel):
-    """A human's signed decision on one cycle's candidate."""
+    """A person's signed decision on one cycle's candidate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -116,6 +116,9 @@ class Decision(BaseModel):
     policy_version: str
     issued_at: str
     channel: Literal["cli", "chat", "slack"] = "cli"
+    signer: str = ""
+    """The key id that signed it: `person:<approver>` on the CLI, `service:<name>` for a
+    decision the approval service signed after it authenticated the person."""
     signature: str = ""
 
     def signing_payload(self) -> dict[str, Any]:

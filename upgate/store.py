@@ -2,7 +2,9 @@
 
 Separate from the ledger (which is append-only) because these tables change: a served
 version is retired, a person's token is rotated. Every such change is also recorded in the
-ledger by the code that makes it.
+ledger by the code that makes it. Who may do what is not read from the people table: it is
+replayed from the admin-signed records of `identity_log` (see `upgate.admin`); the table
+only keeps their current public key and login-token hash at hand.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ CREATE TABLE IF NOT EXISTS people (
     name TEXT PRIMARY KEY,
     token_sha256 TEXT NOT NULL,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identity_log (
+    seq INTEGER PRIMARY KEY,
+    record TEXT NOT NULL,
+    signer TEXT NOT NULL,
+    signature TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     sha256 TEXT PRIMARY KEY,
@@ -54,6 +62,9 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(people)").fetchall()}
+        if "public_key" not in columns:  # a state made before people had keys
+            self._db.execute("ALTER TABLE people ADD COLUMN public_key TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         """Close the database."""
@@ -66,13 +77,42 @@ class Store:
 
     # people -----------------------------------------------------------------------------
 
-    def set_person(self, name: str, token_sha256: str) -> None:
-        """Add a person or replace their token hash."""
+    def set_person(self, name: str, token_sha256: str, public_key: str = "") -> None:
+        """Add a person or replace their token hash and public key."""
         self.execute(
-            "INSERT INTO people (name, token_sha256, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET token_sha256 = excluded.token_sha256",
-            (name, token_sha256, now_iso()),
+            "INSERT INTO people (name, token_sha256, public_key, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "token_sha256 = excluded.token_sha256, public_key = excluded.public_key",
+            (name, token_sha256, public_key, now_iso()),
         )
+
+    def remove_person(self, name: str) -> None:
+        """Forget a person (their records stay in the ledger)."""
+        self.execute("DELETE FROM people WHERE name = ?", (name,))
+
+    def append_identity(self, record: str, signer: str, signature: str,
+                        expected_seq: int) -> int:
+        """Append one signed admin record at `expected_seq`; refused if another got there."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                last = self._db.execute("SELECT MAX(seq) FROM identity_log").fetchone()[0] or 0
+                if last + 1 != expected_seq:
+                    raise ValueError(f"identity log moved on (now at {last})")
+                self._db.execute(
+                    "INSERT INTO identity_log (seq, record, signer, signature) "
+                    "VALUES (?, ?, ?, ?)", (expected_seq, record, signer, signature))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return expected_seq
+
+    def identity_records(self) -> list[tuple[int, str, str, str]]:
+        """The signed admin records, in order: (seq, record JSON, signer, signature)."""
+        rows = self.execute(
+            "SELECT seq, record, signer, signature FROM identity_log ORDER BY seq")
+        return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     def token_hash(self, name: str) -> str | None:
         """The stored token hash of a person, if registered."""

@@ -21,19 +21,27 @@ import uvicorn
 from fastapi import FastAPI
 from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement
 
+from upgate import guard
+from upgate.admin import add_service
 from upgate.agents.testing import scripted
 from upgate.app import build_deps
-from upgate.approvals import add_person
 from upgate.config import load_settings
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.graphs.runner import Runner
+from upgate.identity import generate_key, load_signer, person_key_id
 from upgate.notify.events import queued_here
 from upgate.notify.slack_actions import PATH, slack_actions_router
 from upgate.notify.slack_people import SlackState
 from upgate.notify.testing import LoopbackReceiver, Received, slack_action_request
 from upgate.notify.worker import deliver_after_command
 
-from ..conftest import OracleClient, make_target_repo, suite_answers, write_config
+from ..conftest import (
+    OracleClient,
+    init_people,
+    make_target_repo,
+    suite_answers,
+    write_config,
+)
 
 pytestmark = pytest.mark.real
 
@@ -58,6 +66,9 @@ def runner(tmp_path: Path, receiver: LoopbackReceiver,
         if name.startswith("UPGATE_"):
             monkeypatch.delenv(name)
     queued_here()  # only this test's state folder is delivered after "commands"
+    # The cycle itself runs on scripted models in the fake sandbox: what is real here is the
+    # HTTP (Slack's side, the endpoint under uvicorn), the signatures and the state.
+    monkeypatch.setattr(guard, "ALLOW_FAKE_SANDBOX", True)
     monkeypatch.setenv("TEAM_SLACK_URL", receiver.url + "/slack")
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING)
     make_target_repo(tmp_path / "target")
@@ -66,14 +77,16 @@ def runner(tmp_path: Path, receiver: LoopbackReceiver,
         'chat_url = "http://127.0.0.1:8080/c/{cycle_id}"\n'
         '[[notify.channels]]\ntype = "slack"\nname = "team"\n'
         'webhook_url_env = "TEAM_SLACK_URL"\n'))
+    keys = init_people(tmp_path)
     settings = load_settings(tmp_path / "upgate.toml")
     client = OracleClient(suite_answers())
     models = {a: scripted({"proposal": DRAFT, "review": REVIEW})
               for a in ("proposer", "coder", "critic")}
     deps = build_deps(settings, models=models,
                       harness=ChatChoiceHarness(client_factory=lambda u, t: client))
-    for person in ("alice", "bob"):
-        add_person(deps.store, person)
+    # The approval service's key, registered by the admin (alice).
+    add_service(deps.store, deps.ledger, load_signer(person_key_id("alice"), keys), "approvals",
+                public_key=generate_key("service:approvals", keys))
     people = SlackState(deps.store)
     people.map_user("U0ALICE", "alice", by="admin")
     people.map_user("U0BOB", "bob", by="admin")
@@ -84,7 +97,8 @@ def runner(tmp_path: Path, receiver: LoopbackReceiver,
 def service(runner: Runner) -> Iterator[str]:
     """The interactivity endpoint served by uvicorn on a free loopback port."""
     app = FastAPI()
-    app.include_router(slack_actions_router(runner.deps.settings, runner, signer=None))
+    signer = load_signer("service:approvals", runner.deps.state_dir.parent / "keys")
+    app.include_router(slack_actions_router(runner.deps.settings, runner, signer=signer))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -160,6 +174,7 @@ def test_approve_by_button_end_to_end(runner: Runner, service: str,
     approve = next(e for e in runner.deps.ledger.entries(cycle)
                    if (e.node, e.event) == ("approve", "approve"))
     assert approve.payload["approver"] == "bob" and approve.payload["channel"] == "slack"
+    assert approve.payload["signer"] == "service:approvals"
     branches = subprocess.run(["git", "-C", str(tmp_path / "target"), "branch"],
                               capture_output=True, text=True, check=True).stdout
     assert f"upgate/{cycle}" in branches

@@ -12,5 +12,7 @@ from upgate import guard
 @pytest.fixture(autouse=True)
 def _forbid_model_requests() -> Iterator[None]:
     guard.ALLOW_MODEL_REQUESTS = False
+    guard.ALLOW_FAKE_SANDBOX = True  # the unit tier runs cycles in the fake sandbox
     yield
     guard.ALLOW_MODEL_REQUESTS = True
+    guard.ALLOW_FAKE_SANDBOX = False

@@ -22,7 +22,7 @@ from upgate.config import load_settings
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.graphs.runner import Runner
 
-from ..conftest import OracleClient, suite_answers
+from ..conftest import OracleClient, decide, suite_answers
 from .test_cycle import REVIEW, draft
 
 
@@ -68,6 +68,6 @@ def test_sigkill_mid_node_then_resume_in_a_new_process(workdir: Path, kill_on: s
     assert len(events) == len(set(events)), events
     assert ("critique", "accept") in events
     assert runner.deps.ledger.verify().ok
-    done = runner.decide("c-killed", action="approve", person="bob")
+    done = decide(runner, "c-killed", "approve", "bob")
     assert done["outcome"] == "deployed"
     assert json.loads(json.dumps(done["deployment"]))["branch"] == "upgate/c-killed"

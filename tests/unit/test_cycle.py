@@ -20,7 +20,7 @@ from upgate.evals.harness import ChatChoiceHarness
 from upgate.graphs import nodes
 from upgate.graphs.runner import Runner
 
-from ..conftest import OracleClient, suite_answers
+from ..conftest import OracleClient, adopt, decide, suite_answers
 
 REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation": "accept"})
 
@@ -57,7 +57,7 @@ def test_few_shot_cycle_waits_for_approval_then_deploys_a_branch(workdir: Path) 
     assert request is not None and request["candidate_hash"] == state["candidate"]["content_hash"]
     assert branches(workdir / "target") == ["main"]
 
-    done = runner.decide(state["cycle_id"], action="approve", person="bob")
+    done = decide(runner, state["cycle_id"], "approve", "bob")
     assert done["outcome"] == "deployed"
     branch = f"upgate/{state['cycle_id']}"
     assert branch in branches(workdir / "target")
@@ -79,7 +79,7 @@ def test_few_shot_cycle_waits_for_approval_then_deploys_a_branch(workdir: Path) 
 def test_reject_records_and_deploys_nothing(workdir: Path) -> None:
     runner, _ = make_runner(workdir, {"proposal": draft(), "review": REVIEW})
     state = runner.start("alice")
-    done = runner.decide(state["cycle_id"], action="reject", person="carol", reason="not now")
+    done = decide(runner, state["cycle_id"], "reject", "carol", "not now")
     assert done["outcome"] == "rejected"
     assert branches(workdir / "target") == ["main"]
     assert runner.deps.ledger.entries(state["cycle_id"])[-1].event == "rejected"
@@ -90,7 +90,7 @@ def test_requester_and_outsiders_cannot_approve(workdir: Path, person: str, why:
     runner, _ = make_runner(workdir, {"proposal": draft(), "review": REVIEW})
     state = runner.start("alice")
     with pytest.raises(ApprovalError, match=why):
-        runner.decide(state["cycle_id"], action="approve", person=person)
+        decide(runner, state["cycle_id"], "approve", person)
     assert runner.pending(state["cycle_id"]) is not None
     assert branches(workdir / "target") == ["main"]
 
@@ -122,7 +122,7 @@ def test_a_changed_candidate_voids_the_approval(workdir: Path) -> None:
     runner.resume(state["cycle_id"])
     assert runner.pending(state["cycle_id"]) is not None
     with pytest.raises(ApprovalError, match="candidate changed"):
-        runner.decide(state["cycle_id"], action="approve", person="bob")
+        decide(runner, state["cycle_id"], "approve", "bob")
     assert branches(workdir / "target") == ["main"]
 
 
@@ -139,6 +139,7 @@ def test_policy_blocks_a_kind_it_does_not_allow(workdir: Path) -> None:
     policy = workdir / "policy.toml"
     policy.write_text(policy.read_text().replace("[kinds.config]\nallowed = true",
                                                  "[kinds.config]\nallowed = false"))
+    adopt(workdir)  # an edited file counts only once an admin adopted it
     runner, _ = make_runner(workdir, {"proposal": draft(), "review": REVIEW})
     state = runner.start("alice")
     assert state["outcome"] == "blocked"
@@ -203,7 +204,7 @@ def test_crash_in_deploy_resumes_without_repeating_the_side_effect(
 
     monkeypatch.setattr(nodes, "_record", crash_after_branch)
     with pytest.raises(KeyboardInterrupt):
-        runner.decide(state["cycle_id"], action="approve", person="bob")
+        decide(runner, state["cycle_id"], "approve", "bob")
     branch = f"upgate/{state['cycle_id']}"
     assert branch in branches(workdir / "target")
 

@@ -13,6 +13,7 @@ from upgate.agents.recipes import lora_finetune
 from upgate.deploy.vllm import ServedModel, VllmAdmin
 from upgate.records import Artifact
 
+from ..conftest import decide
 from .test_cycle import REVIEW, draft, make_runner
 
 
@@ -84,7 +85,7 @@ def test_approved_model_swaps_the_alias_and_keeps_the_previous_loaded(
 ) -> None:
     runner, fake = _runner(workdir, monkeypatch, live_good=True)
     state = runner.start("alice")
-    done = runner.decide(state["cycle_id"], action="approve", person="bob")
+    done = decide(runner, state["cycle_id"], "approve", "bob")
     assert done["outcome"] == "deployed", done.get("reason")
     assert fake.served["triage"].endswith("adapter-good")
     assert fake.served["triage@goodgoodgood"].endswith("adapter-good")
@@ -106,7 +107,7 @@ def test_a_live_regression_rolls_back_to_the_previous_version(
 ) -> None:
     runner, fake = _runner(workdir, monkeypatch, live_good=False)
     state = runner.start("alice")
-    done = runner.decide(state["cycle_id"], action="approve", person="bob")
+    done = decide(runner, state["cycle_id"], "approve", "bob")
     assert done["outcome"] == "rolled_back"
     assert done["monitor"]["regressed"] is True
     assert fake.served["triage"] == str(workdir / "adapters" / "triage-v0")
@@ -124,7 +125,7 @@ def test_reconcile_after_a_server_restart_restores_alias_and_rollback_targets(
 
     runner, fake = _runner(workdir, monkeypatch, live_good=True)
     state = runner.start("alice")
-    runner.decide(state["cycle_id"], action="approve", person="bob")
+    decide(runner, state["cycle_id"], "approve", "bob")
     good = fake.served["triage"]
     # The server restarts: only what it was started with is served.
     fake.served = {"smollm2": "/base", "triage": str(workdir / "adapters" / "triage-v0")}

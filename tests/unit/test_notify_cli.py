@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from upgate import cli
-from upgate.approvals import add_person
+from upgate.hashing import canonical_json
+from upgate.identity import load_signer, person_key_id, verify_hex
 from upgate.ledger import open_ledger
 from upgate.notify.outbox import Outbox
 from upgate.notify.slack_people import SlackState
@@ -33,7 +34,7 @@ def cfg(workdir: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPat
         if name.startswith("UPGATE_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("TEAM_URL", receiver.url + "/slack")
-    extra = ('[notify]\nadmins = ["alice"]\nmax_attempts = 2\n'
+    extra = ('[notify]\nmax_attempts = 2\n'
              '[[notify.channels]]\ntype = "slack"\nname = "team"\nwebhook_url_env = "TEAM_URL"\n'
              '[[notify.channels]]\ntype = "slack"\nname = "nowhere"\n'
              'webhook_url_env = "NOWHERE_URL"\n')
@@ -49,7 +50,9 @@ def test_notify_test_sends_through_the_outbox(cfg: Path, receiver: LoopbackRecei
     code, out = run("notify", "test", "team", "--config", str(cfg))
     assert code == 0, out
     got = receiver.wait_for(1)
-    assert got[0].path == "/slack" and "ledger head #0" in got[0].body.decode()
+    head = open_ledger(cfg.parent / "state").entries()[-1]
+    assert got[0].path == "/slack"
+    assert f"ledger head #{head.seq} `{head.hash[:16]}`" in got[0].body.decode()
     code, out = run("notify", "status", "--config", str(cfg))
     assert code == 0 and "team" in out
 
@@ -73,23 +76,36 @@ def test_an_unreachable_channel_fails_and_shows_in_status(cfg: Path,
 
 
 def test_only_an_admin_maps_slack_users_and_it_is_recorded(cfg: Path) -> None:
-    state = cfg.parent / "state"
+    state, keys = cfg.parent / "state", str(cfg.parent / "keys")
     store = Store(state / "state.sqlite")
-    alice, bob = add_person(store, "alice"), add_person(store, "bob")
-    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "bob", "--token", bob,
+    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "bob", "--key-dir", keys,
                     "--config", str(cfg))
-    assert code == 2 and "not an admin" in out
-    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "alice", "--token",
-                    alice + "x", "--config", str(cfg))
-    assert code == 2 and "wrong token" in out
+    assert code == 2 and "admin role" in out
+    # carol's key file under alice's name: the key does not prove alice.
+    (cfg.parent / "keys" / "person-alice.key").write_bytes(
+        (cfg.parent / "keys" / "person-carol.key").read_bytes())
+    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "alice", "--key-dir", keys,
+                    "--config", str(cfg))
+    assert code == 2 and "not the one registered" in out
     assert SlackState(store).person_for("U0BOB") is None
-    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "alice", "--token", alice,
+    assert all(e.event != "slack_mapped" for e in open_ledger(state).entries("admin"))
+
+
+def test_an_admin_maps_a_slack_user_signed_and_recorded(cfg: Path) -> None:
+    state, keys = cfg.parent / "state", str(cfg.parent / "keys")
+    code, out = run("notify", "map-slack", "U0BOB", "bob", "--as", "alice", "--key-dir", keys,
                     "--config", str(cfg))
     assert code == 0, out
-    assert SlackState(store).person_for("U0BOB") == "bob"
+    assert SlackState(Store(state / "state.sqlite")).person_for("U0BOB") == "bob"
     entry = open_ledger(state).entries("admin")[-1]
-    assert (entry.event, entry.payload) == ("slack_mapped", {"slack_id": "U0BOB",
-                                                             "person": "bob", "by": "alice"})
+    assert entry.event == "slack_mapped" and entry.payload["by"] == "alice"
+    record = {"slack_id": "U0BOB", "person": "bob", "by": "alice"}
+    alice = load_signer(person_key_id("alice"), cfg.parent / "keys")
+    assert verify_hex(alice.public_key, canonical_json(record).encode(),
+                      entry.payload["signature"])
+    code, out = run("notify", "map-slack", "U0BOB", "zed", "--as", "alice", "--key-dir", keys,
+                    "--config", str(cfg))
+    assert code == 2 and "not a registered person" in out
 
 
 def test_the_service_worker_delivers_in_the_background(

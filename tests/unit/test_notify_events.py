@@ -20,7 +20,7 @@ from upgate.notify.events import EVENTS, facts, queued_here
 from upgate.notify.outbox import Outbox
 from upgate.notify.render import compose, parse_action_id, slack_payload, webhook_body
 
-from ..conftest import OracleClient, suite_answers, write_config
+from ..conftest import OracleClient, decide, suite_answers, write_config
 
 REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation": "accept"})
 DRAFT = json.dumps({"recipe": "few_shot", "rationale": "visible score is low",
@@ -73,7 +73,7 @@ def test_a_cycle_queues_its_decision_points_for_the_channels_that_want_them(
     assert rows[0].ledger_seq == entry.seq and rows[0].ledger_hash == entry.hash
     assert runner.deps.state_dir in queued_here()
 
-    runner.decide(state["cycle_id"], action="approve", person="bob")
+    decide(runner, state["cycle_id"], "approve", "bob")
     kinds = sorted((r.type, r.channel) for r in box.rows())
     assert kinds == [("approval_decided", "audit"), ("approval_decided", "team"),
                      ("approval_requested", "team"), ("deployed", "audit"),

@@ -103,8 +103,6 @@ class NotifySettings(BaseModel):
     """Link to a cycle's chat page; `{cycle_id}` is replaced (e.g. http://host/c/{cycle_id})."""
     slack_signing_secret_env: str | None = Field(default=None, pattern=_ENV_NAME)
     """Name of the environment variable holding Slack's signing secret (interactivity)."""
-    admins: tuple[str, ...] = ()
-    """People who may map Slack user ids to upgate people."""
 
     @field_validator("channels")
     @classmethod

@@ -20,6 +20,7 @@ EVENTS: dict[tuple[str, str], str] = {
     ("gate", "approval_requested"): "approval_requested",
     ("approve", "approve"): "approval_decided",
     ("approve", "reject"): "approval_decided",
+    ("approve", "approval_recorded"): "approval_decided",  # one of several approvals needed
     ("approve", "expired"): "approval_expired",
     ("batch", "paused"): "batch_paused",
     ("deploy", "deployed"): "deployed",
@@ -33,8 +34,8 @@ EVENTS: dict[tuple[str, str], str] = {
 _FIELDS: dict[str, tuple[str, ...]] = {
     "approval_requested": ("candidate_hash", "evidence_hash", "policy_version", "requester",
                            "requested_at", "kind"),
-    "approval_decided": ("approver", "channel", "reason"),
-    "approval_expired": ("requested_at", "expired_at", "evidence_hash"),
+    "approval_decided": ("approver", "channel", "reason", "approvals", "required"),
+    "approval_expired": ("requested_at", "expired_at", "evidence_hash", "reason"),
     "batch_paused": ("reason", "threshold", "value", "limit", "cycles", "outcomes"),
     "deployed": ("deployment",),
     "rollout_step": ("step", "percent", "alias", "version_name", "healthy"),
@@ -85,7 +86,7 @@ def outbox_for(notify: NotifySettings, state_dir: Path, node: str, event: str,
         return []
     body = facts(kind, data, state, ttl_hours=ttl_hours)
     if kind == "approval_decided":
-        body["action"] = event
+        body["action"] = "reject" if event == "reject" else "approve"
     _QUEUED[state_dir] = notify
     return [outbox_write(kind, channels, body)]
 
