@@ -65,7 +65,8 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
     )
     if os.environ.get(NOTIFY_ENV):
         # Opt-in: notifications to the webhook URL the variable holds (e.g. a local receiver:
-        # `python -m upgate.notify.testing --port 8099`, then NOTIFY_ENV=http://127.0.0.1:8099).
+        # `python -m upgate.notify.testing --port 8099`, then
+        # UPGATE_DEMO_NOTIFY_URL=http://127.0.0.1:8099/).
         with config.open("a") as fh:
             fh.write(f'\n[[notify.channels]]\ntype = "slack"\nname = "demo"\n'
                      f'webhook_url_env = "{NOTIFY_ENV}"\n')

@@ -16,7 +16,7 @@ from upgate.errors import ConfigError
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.graphs.runner import Runner
 from upgate.notify.config import NotifySettings
-from upgate.notify.events import EVENTS, facts, queued_here
+from upgate.notify.events import EVENTS, outbox_for, queued_here
 from upgate.notify.outbox import Outbox
 from upgate.notify.render import compose, parse_action_id, slack_payload, webhook_body
 
@@ -103,10 +103,22 @@ def test_the_mapping_covers_every_issue_event() -> None:
     assert set(EVENTS.values()) == {
         "approval_requested", "approval_decided", "approval_expired", "batch_paused",
         "deployed", "rollout_step", "rolled_back", "verify_failed", "cycle_failed"}
-    paused = facts("batch_paused", {"reason": "paused: 2 setbacks", "threshold":
-                                    "pause_after_failures", "value": 2, "limit": 2})
-    assert paused == {"reason": "paused: 2 setbacks", "threshold": "pause_after_failures",
-                      "value": 2, "limit": 2}
+
+def test_a_batch_pause_names_its_threshold_and_numbers(tmp_path: Path) -> None:
+    from upgate.ledger import Ledger
+
+    notify = _settings()
+    pause = {"threshold": "setbacks_in_a_row", "action": "pause", "observed": 3.0,
+             "limit": 3.0, "detail": "3 setbacks in a row", "next_step": "look at the ledger",
+             "lineage": {"noise": 1}}
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.append("b1", "batch", "paused", pause,
+                  outbox=outbox_for(notify, tmp_path, "batch", "paused", pause))
+    box = Outbox(tmp_path / "ledger.sqlite")
+    (row,) = box.rows()
+    assert row.type == "batch_paused" and "lineage" not in row.payload
+    text = compose(row, box.head(), notify).text
+    assert "setbacks_in_a_row: 3.0 against 3.0" in text and "look at the ledger" in text
 
 
 def _settings(**over: Any) -> NotifySettings:

@@ -91,6 +91,11 @@ def _text(kind: str, cycle: str, f: dict[str, Any]) -> str:
     if kind == "approval_expired":
         return f"The approval request of `{cycle}` expired unanswered."
     if kind == "batch_paused":
+        if f.get("threshold"):
+            return (f"The autonomous batch {'stopped' if f.get('action') == 'stop' else 'paused'}"
+                    f": {f.get('detail', '')} (threshold {f['threshold']}: "
+                    f"{f.get('observed', '?')} against {f.get('limit', '?')}). "
+                    f"Next: {f.get('next_step', 'see `upgate inbox`')}")
         return f"The autonomous batch paused: {f.get('reason', '?')}"
     if kind == "deployed":
         d = f.get("deployment") or {}
