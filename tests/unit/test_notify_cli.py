@@ -146,3 +146,40 @@ def test_the_demo_opts_in_to_notifications_by_a_url_variable(
     code, out = run("notify", "test", "demo", "--config", str(config))
     assert code == 0, out
     assert receiver.wait_for(1)[0].path == "/demo"
+
+
+def test_a_cli_command_delivers_what_it_queued_when_it_ends(
+    cfg: Path, receiver: LoopbackReceiver, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from upgate.agents.testing import scripted
+    from upgate.app import build_deps
+    from upgate.config import Settings
+    from upgate.evals.harness import ChatChoiceHarness
+    from upgate.graphs.runner import Runner
+
+    from ..conftest import OracleClient, suite_answers
+    from .test_notify_events import DRAFT, REVIEW
+
+    client = OracleClient(suite_answers())
+
+    def runner(settings: Settings, for_cycles: bool = True) -> Runner:
+        models = {a: scripted({"proposal": DRAFT, "review": REVIEW})
+                  for a in ("proposer", "coder", "critic")}
+        return Runner(build_deps(settings, models=models, for_cycles=for_cycles,
+                                 harness=ChatChoiceHarness(client_factory=lambda u, t: client)))
+
+    monkeypatch.setattr(cli, "_runner", runner)
+    monkeypatch.setattr(sys, "argv", ["upgate", "run", "--as", "alice", "--key-dir",
+                                      str(cfg.parent / "keys"), "--config", str(cfg)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 0
+    # Delivered by the entry point after the command, before the process would exit.
+    assert [r.path for r in receiver.requests] == ["/slack"]
+    assert "Approval requested" in receiver.requests[0].body.decode()
+    rows = Outbox.of_state(cfg.parent / "state").rows()
+    # The unconfigured channel failed and waits for a retry; the command still succeeded.
+    assert {r.channel: r.status for r in rows} == {"team": "delivered", "nowhere": "pending"}
+    assert "NOWHERE_URL" in next(r.last_error for r in rows if r.channel == "nowhere")
