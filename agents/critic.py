@@ -242,7 +242,8 @@ def _eval_both(
         if ctx.admin is None:
             raise RuntimeError("a model candidate needs the vLLM admin endpoint")
         loaded = f"upgate-candidate-{adapters[0].sha256[:12]}"
-        ctx.admin.ensure_loaded(loaded, Path(adapters[0].path))
+        ctx.admin.ensure_loaded(loaded, Path(adapters[0].path),
+                                expected_sha256=adapters[0].sha256)
         cand_model = loaded
     c_prompt, c_shots = _prompt_and_shots(_candidate_files(ctx, candidate.diff), m)
     try:

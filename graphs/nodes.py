@@ -22,10 +22,11 @@ from upgate.approvals import check_decision
 from upgate.deploy.git import branch_name, delete_branch, deploy_branch
 from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
+from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
 from upgate.graphs.lineage import lineage, model_ref, versions
 from upgate.graphs.state import CycleState
-from upgate.hashing import sha256_text
+from upgate.hashing import sha256_text, sha256_tree
 from upgate.notify.events import outbox_for
 from upgate.records import Candidate, Decision, Proposal, Verdict
 
@@ -243,15 +244,8 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         except (AgentOutputError, UpgateError) as exc:
             _record(deps, state, "critique", "failed", {"reason": str(exc)}, attempt=attempt)
             return {"outcome": "failed", "reason": f"critic: {exc}"}
-    folder = deps.state_dir / "evidence" / state["cycle_id"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{verdict.evidence_hash[:16]}.json").write_text(verdict.evidence_json)
-    stem = verdict.evidence_hash[:16]
-    markdown = verdict.evidence_markdown
-    if verdict.evidence_svg:
-        (folder / f"{stem}.svg").write_text(verdict.evidence_svg)
-        markdown += f"\n\n![per-slice deltas and intervals]({stem}.svg)\n"
-    (folder / f"{stem}.md").write_text(markdown)
+    write_packet(deps.state_dir, state["cycle_id"], verdict.evidence_hash,
+                 verdict.evidence_json, verdict.evidence_markdown, verdict.evidence_svg)
     _record(deps, state, "critique", verdict.decision,
             {"verdict": verdict.decision, "reasons": list(verdict.reasons),
              "evidence_hash": verdict.evidence_hash, "baseline_score": verdict.baseline_score,
@@ -447,14 +441,16 @@ def _deploy_model(deps: Deps, state: CycleState, candidate: Candidate,
     previous = deps.store.active_version(alias)
     served = deps.admin.models().get(alias)
     path = Path(adapter.path)
-    deps.admin.ensure_loaded(adapter.name, path)
+    deps.admin.ensure_loaded(adapter.name, path, expected_sha256=adapter.sha256)
     if previous is None and served is not None and served.root:
-        # Keep what the alias served before upgate's first swap loadable for rollback.
-        deps.store.record_served(alias, f"{alias}@initial", Path(served.root), "initial",
+        # Keep what the alias served before upgate's first swap loadable for rollback,
+        # under the content hash it has now, which every later load re-checks.
+        initial = sha256_tree(Path(served.root))
+        deps.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
                                  "initial", "initial")
-        deps.admin.ensure_loaded(f"{alias}@initial", Path(served.root))
+        deps.admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
         previous = deps.store.active_version(alias)
-    deps.admin.point_alias(alias, path)
+    deps.admin.point_alias(alias, path, expected_sha256=adapter.sha256)
     deps.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
                              state["cycle_id"])
     return {"target": "vllm", "deployment_id": deployment_id, "alias": alias,
@@ -514,7 +510,8 @@ def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         if deployment.get("target") == "vllm" and deps.admin is not None:
             previous = deployment.get("previous")
             if previous:
-                deps.admin.point_alias(deployment["alias"], Path(previous["path"]))
+                deps.admin.point_alias(deployment["alias"], Path(previous["path"]),
+                                       expected_sha256=previous["sha256"])
                 deps.store.reactivate(deployment["alias"], previous["deployment_id"])
                 detail = {"restored": previous["version_name"]}
         elif deployment.get("target") == "git":

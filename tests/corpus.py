@@ -156,7 +156,7 @@ class FakeAdmin:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    def ensure_loaded(self, name: str, path: Path) -> None:
+    def ensure_loaded(self, name: str, path: Path, *, expected_sha256: str) -> None:
         """Record a load."""
         self.calls.append(("ensure_loaded", name))
 

@@ -55,7 +55,7 @@ def _say(text: str) -> None:
 def _state(config: Path | None) -> Iterator[tuple[Settings, Store, Ledger]]:
     settings = load_settings(config)
     store = Store(settings.state_dir / "state.sqlite")
-    ledger = open_ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir, settings.witness)
     try:
         yield settings, store, ledger
     finally:

@@ -13,11 +13,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from upgate.agents.coder import changed_paths
 from upgate.agents.critic import CriticContext, critique
 from upgate.config import load_settings
 from upgate.errors import ConfigError, UpgateError
+from upgate.evidence_store import safe_cycle_id, write_packet
 from upgate.graphs.lineage import model_ref, versions
 from upgate.graphs.nodes import export_tree
 from upgate.policy import ChangeKind
@@ -66,7 +68,7 @@ def critique_command(
     try:
         code = _critique(target, candidate, suite, as_json, config)
     except UpgateError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -91,7 +93,7 @@ def _critique(target: Path | None, candidate: str, suite: Path | None, as_json: 
     diff = read_candidate(settings.target.path, settings.target.base_branch, candidate)
     paths = changed_paths(diff)
     kind = infer_kind(paths, deps.manifest.prompt_file, deps.manifest.config_file)
-    cycle_id = f"critique-{Path(candidate).name}"
+    cycle_id = f"critique-{safe_cycle_id(Path(candidate).name)}"
     proposal = Proposal(
         id=f"{cycle_id}-p", kind=kind, target=deps.manifest.name, recipe="external",
         rationale=f"external candidate {candidate}", expected_effect="(not stated)",
@@ -109,11 +111,9 @@ def _critique(target: Path | None, candidate: str, suite: Path | None, as_json: 
             cycle_id=cycle_id, suite_path=settings.target.suite,
         )
         verdict = critique(proposal, cand, ctx)
-    folder = settings.state_dir / "evidence" / cycle_id
-    folder.mkdir(parents=True, exist_ok=True)
-    packet = folder / f"{verdict.evidence_hash[:16]}.json"
-    packet.write_text(verdict.evidence_json)
-    packet.with_suffix(".md").write_text(verdict.evidence_markdown)
+    packet = write_packet(settings.state_dir, cycle_id, verdict.evidence_hash,
+                          verdict.evidence_json, verdict.evidence_markdown,
+                          verdict.evidence_svg)
     deps.ledger.append(cycle_id, "critique", verdict.decision,
                        {"candidate_hash": cand.content_hash, "reasons": list(verdict.reasons),
                         "evidence_hash": verdict.evidence_hash, "versions": versions(deps)})
@@ -123,6 +123,6 @@ def _critique(target: Path | None, candidate: str, suite: Path | None, as_json: 
         colour = "green" if verdict.decision == "accept" else "red"
         console.print(f"verdict: [{colour}]{verdict.decision}[/{colour}]")
         for reason in verdict.reasons:
-            console.print(f"  - {reason}", highlight=False)
+            console.print(f"  - {escape(reason)}", highlight=False)
         console.print(f"evidence: {packet} (and {packet.with_suffix('.md').name})")
     return 0 if verdict.decision == "accept" else 1

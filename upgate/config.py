@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from upgate.errors import ConfigError
 from upgate.notify.config import NotifySettings
 from upgate.sandboxes.config import DockerSandboxConfig, SandboxConfig
+from upgate.witness import WitnessConfig
 
 DEFAULT_CONFIG_NAME = "upgate.toml"
 TARGET_MANIFEST = "upgate-target.toml"
@@ -111,6 +112,8 @@ class Settings(BaseSettings):
     sandbox: SandboxConfig = Field(default_factory=DockerSandboxConfig)
     mode: Literal["interactive", "batch"] = "interactive"
     notify: NotifySettings = NotifySettings()
+    witness: WitnessConfig | None = None
+    """Where the ledger's signed heads are published, outside the state folder."""
 
     @classmethod
     def settings_customise_sources(
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
 
 
 _PATH_KEYS = (("state_dir",), ("policy",), ("target", "path"), ("target", "suite"),
-              ("serving", "base_model_path"))
+              ("serving", "base_model_path"), ("witness", "path"), ("witness", "key_dir"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -134,7 +137,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         node: Any = data
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str) \
+                and "://" not in node[keys[-1]]:  # a git witness may be a URL
             p = Path(node[keys[-1]]).expanduser()
             node[keys[-1]] = str(p if p.is_absolute() else (base / p).resolve())
 

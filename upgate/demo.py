@@ -76,7 +76,7 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
 def people(settings: Settings, keys: Path, tokens: Path) -> None:
     """Initialise the state once (alice: admin), register bob, keep the policy adopted."""
     store = Store(settings.state_dir / "state.sqlite")
-    ledger = open_ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir, settings.witness)
     tokens.mkdir(exist_ok=True)
     try:
         text = settings.policy.read_text()

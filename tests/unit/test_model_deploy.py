@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from upgate.agents.recipes import lora_finetune
-from upgate.deploy.vllm import ServedModel, VllmAdmin
+from upgate.deploy.vllm import ServedModel, VllmAdmin, check_adapter
+from upgate.hashing import sha256_tree
 from upgate.records import Artifact
 
 from ..conftest import decide
@@ -27,7 +28,9 @@ class FakeVllm(VllmAdmin):
     def models(self) -> dict[str, ServedModel]:
         return {k: ServedModel(id=k, root=v) for k, v in self.served.items()}
 
-    def load_adapter(self, name: str, path: Path, *, inplace: bool = False) -> None:
+    def load_adapter(self, name: str, path: Path, *, expected_sha256: str,
+                     inplace: bool = False) -> None:
+        check_adapter(path, expected_sha256)  # the real check, before the fake server
         assert inplace or name not in self.served, "vLLM refuses a second load without inplace"
         self.calls.append(("load", name, str(path)))
         self.served[name] = str(path)
@@ -38,21 +41,28 @@ class FakeVllm(VllmAdmin):
 
 
 
+def _good_adapter(tmp: Path) -> tuple[Path, str]:
+    """The trained adapter's folder and its content hash."""
+    adapter = tmp / "adapter-good"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    return adapter, sha256_tree(adapter)
+
+
 def _fake_training(tmp: Path) -> Any:
     def train(box: Any, ctx: Any, p: Any, out: list[str]) -> Artifact:
-        adapter = tmp / "adapter-good"
-        adapter.mkdir(exist_ok=True)
-        (adapter / "adapter_config.json").write_text("{}")
+        adapter, digest = _good_adapter(tmp)
         out.append("trained (test double)")
         return Artifact(name="triage@goodgoodgood", kind="adapter", path=str(adapter),
-                        sha256="good" * 16)
+                        sha256=digest)
     return train
 
 
 def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) -> Any:
     monkeypatch.setattr(lora_finetune, "_lora_finetune", _fake_training(workdir))
+    judged_as = f"upgate-candidate-{_good_adapter(workdir)[1][:12]}"
     runner, client = make_runner(workdir, {"proposal": draft("lora_finetune"), "review": REVIEW},
-                                 good_models=["upgate-candidate-goodgoodgood"])
+                                 good_models=[judged_as])
     initial = workdir / "adapters" / "triage-v0"
     initial.mkdir(parents=True, exist_ok=True)
     fake = FakeVllm(initial=str(initial))
@@ -63,7 +73,7 @@ def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) 
 
         def create(**kw: Any) -> Any:
             if kw["model"] == "triage" and fake.served["triage"].endswith("adapter-good"):
-                kw = {**kw, "model": "upgate-candidate-goodgoodgood"}
+                kw = {**kw, "model": judged_as}
             return original(**kw)
 
         client.create = create  # type: ignore[method-assign]
@@ -129,12 +139,12 @@ def test_reconcile_after_a_server_restart_restores_alias_and_rollback_targets(
     good = fake.served["triage"]
     # The server restarts: only what it was started with is served.
     fake.served = {"smollm2": "/base", "triage": str(workdir / "adapters" / "triage-v0")}
-    result = reconcile(runner.deps.store, fake, "triage")
+    result = reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)
     assert result["active"] == "triage@goodgoodgood"
     assert fake.served["triage"] == good
     assert fake.served["triage@initial"] == str(workdir / "adapters" / "triage-v0")
     assert sorted(result["loaded"]) == ["triage@goodgoodgood", "triage@initial"]
     # Running it again changes nothing.
     calls = len(fake.calls)
-    assert reconcile(runner.deps.store, fake, "triage")["loaded"] == []
+    assert reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)["loaded"] == []
     assert len(fake.calls) == calls
