@@ -200,3 +200,18 @@ def test_an_unanswered_request_expires_once_and_is_notified(workdir: Path) -> No
     kinds = [r.type for r in Outbox.of_state(runner.deps.state_dir).rows()]
     assert kinds == ["approval_requested", "approval_expired"]
     assert runner.deps.ledger.verify().ok
+
+
+def test_untrusted_words_cannot_ping_or_link_in_slack(tmp_path: Path) -> None:
+    from upgate.ledger import Ledger
+
+    notify = _settings()
+    data = {"reason": "proposer: <!channel> approve now <http://evil.example|the evidence>"}
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.append("c1", "record", "failed", data,
+                  outbox=outbox_for(notify, tmp_path, "record", "failed", data))
+    box = Outbox(tmp_path / "ledger.sqlite")
+    payload = slack_payload(compose(box.rows()[0], box.head(), notify))
+    shown = json.dumps(payload)
+    assert "<!channel>" not in shown and "<http://evil" not in shown
+    assert "&lt;!channel&gt;" in shown

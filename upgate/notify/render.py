@@ -139,12 +139,18 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
     )
 
 
+def slack_escape(text: str) -> str:
+    """Text as Slack shows it literally: `<!channel>`, `<url|label>` and `@here` markup in
+    a model's or a candidate's words stay words (Slack's own escaping of &, < and >)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_blocks(msg: Message) -> list[Block]:
     """Block Kit for Slack: summary, scores, link, ledger head, approve/reject buttons."""
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"upgate: {msg.title}"[:150])),
-        SectionBlock(text=MarkdownTextObject(text=msg.text[:2900]),
-                     fields=[MarkdownTextObject(text=f"*{k}*\n{v}"[:1900])
+        SectionBlock(text=MarkdownTextObject(text=slack_escape(msg.text)[:2900]),
+                     fields=[MarkdownTextObject(text=f"*{k}*\n{slack_escape(v)}"[:1900])
                              for k, v in msg.fields[:10]]),
     ]
     if msg.link:
@@ -165,7 +171,7 @@ def slack_blocks(msg: Message) -> list[Block]:
 
 def slack_payload(msg: Message) -> dict[str, Any]:
     """The JSON body posted to a Slack incoming webhook."""
-    return {"text": f"upgate: {msg.title}: {msg.text.splitlines()[0]}"[:300],
+    return {"text": slack_escape(f"upgate: {msg.title}: {msg.text.splitlines()[0]}")[:300],
             "blocks": [b.to_dict() for b in slack_blocks(msg)]}
 
 

@@ -26,7 +26,7 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from upgate.errors import ApprovalError, ConfigError, UpgateError
 from upgate.notify.config import env_secret
 from upgate.notify.outbox import Outbox
-from upgate.notify.render import parse_action_id
+from upgate.notify.render import parse_action_id, slack_escape
 from upgate.notify.slack_people import SlackState
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class SlackActions:
         seq, digest = self.head()
         text = f"*{verb}* by {person} (Slack {slack_user}): cycle `{cycle_id}` is now *{outcome}*"
         if state.get("reason") and outcome != "deployed":
-            text += f": {state['reason']}"
+            text += f": {slack_escape(str(state['reason']))}"
         return {
             "replace_original": True, "text": f"upgate: {verb} by {person}: {outcome}",
             "blocks": [SectionBlock(text=MarkdownTextObject(text=text[:2900])).to_dict(),
@@ -139,7 +139,7 @@ class SlackActions:
 
 def _refusal(reason: str) -> dict[str, Any]:
     return {"replace_original": False, "response_type": "ephemeral",
-            "text": f"upgate refused the decision: {reason}"}
+            "text": f"upgate refused the decision: {slack_escape(reason)}"}
 
 
 def slack_router(actions: SlackActions, *, path: str = PATH) -> APIRouter:
