@@ -27,6 +27,7 @@ from upgate.graphs.builder import compile_graph, sqlite_checkpointer
 from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
 from upgate.identity import Signer
+from upgate.notify.events import outbox_for
 from upgate.records import Decision
 
 log = logging.getLogger(__name__)
@@ -199,12 +200,14 @@ class Runner:
 
     def _recritique(self, cycle_id: str, why: str, request: dict[str, Any],
                     progress: Progress | None) -> CycleState:
+        expired = {"reason": why, "requested_at": request.get("requested_at"),
+                   "policy_version": self.deps.policy.version_id,
+                   "policy_hash": self.deps.policy.content_hash}
         self.deps.ledger.append(
-            cycle_id, "approve", "expired",
-            {"reason": why, "requested_at": request.get("requested_at"),
-             "policy_version": self.deps.policy.version_id,
-             "policy_hash": self.deps.policy.content_hash},
-            key=f"{cycle_id}/approve/expired/{request.get('requested_at')}")
+            cycle_id, "approve", "expired", expired,
+            key=f"{cycle_id}/approve/expired/{request.get('requested_at')}",
+            outbox=outbox_for(self.deps.settings.notify, self.deps.state_dir, "approve",
+                              "expired", expired))
         # As if the candidate had just been built: the critic judges it again under the
         # policy in force, and the gate makes a fresh request.
         self.graph.update_state(self._config(cycle_id),

@@ -19,6 +19,7 @@ from upgate.approvals import prove_identity
 from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_critique import critique_command
+from upgate.cli_notify import notify_app
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
 from upgate.errors import EvalError, LedgerError, UpgateError
@@ -39,6 +40,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(policy_app, name="policy")
 app.add_typer(service_app, name="service")
 app.command("critique")(critique_command)
+app.add_typer(notify_app, name="notify")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
 console = Console(soft_wrap=True)
@@ -444,7 +446,12 @@ def main() -> None:
     """Entry point."""
     logging.basicConfig(level=os.environ.get("UPGATE_LOG", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    finally:
+        from upgate.notify.worker import deliver_after_command
+
+        deliver_after_command()
 
 
 if __name__ == "__main__":

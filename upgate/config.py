@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from upgate.errors import ConfigError
+from upgate.notify.config import NotifySettings
 from upgate.sandboxes.config import DockerSandboxConfig, SandboxConfig
 from upgate.witness import WitnessConfig
 
@@ -112,6 +113,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     sandbox: SandboxConfig = Field(default_factory=DockerSandboxConfig)
     mode: Literal["interactive", "batch"] = "interactive"
+    notify: NotifySettings = NotifySettings()
     witness: WitnessConfig | None = None
     """Where the ledger's signed heads are published, outside the state folder."""
 
