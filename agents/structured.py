@@ -11,6 +11,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
 
 from upgate.errors import AgentOutputError
+from upgate.meter import report_usage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def call_structured(
             errors.append(f"attempt {attempt + 1}: request failed: {type(exc).__name__}: {exc}")
             log.warning("%s request failed: %s", name, exc)
             continue
+        report_usage(name, reply)  # token accounting for budgets (no-op outside a batch)
         text = reply.content if isinstance(reply.content, str) else str(reply.content)
         try:
             return schema.model_validate_json(text)
