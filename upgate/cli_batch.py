@@ -176,15 +176,12 @@ def print_held(runner: Runner) -> bool:
     held = Board(runner.deps.store).held()
     if not held:
         return False
-    table = Table(title="batches waiting for a person")
-    for name in ("batch", "status", "threshold", "why", "next"):
-        table.add_column(name)
+    console.print("[bold]batches waiting for a person[/bold]")
     for b in held:
         p = b["pause"] or {}
-        table.add_row(b["batch_id"], b["status"], str(p.get("threshold", "")),
-                      f"{p.get('detail', '')} ({p.get('observed', '')} vs {p.get('limit', '')})",
-                      str(p.get("next_step", "")))
-    console.print(table)
+        console.print(f"  {b['batch_id']} {b['status']}: {p.get('detail', '')} (threshold "
+                      f"{p.get('threshold', '')}: {p.get('observed', '')} against "
+                      f"{p.get('limit', '')}). Next: {p.get('next_step', '')}", highlight=False)
     return True
 
 
