@@ -145,6 +145,14 @@ class BatchLoop:
             except _Halt as halt:
                 halted = halt.pause
                 state = self.runner.state(cycle_id)
+            except Exception:
+                # Killing the sandboxes in flight may break a step mid-way; when the stop
+                # button did it, the cycle stays at its last checkpoint like any stop.
+                halted = self._stop_pause(cycle_id)
+                if halted is None:
+                    raise
+                log.info("cycle %s broke off after the stop button", cycle_id, exc_info=True)
+                state = self.runner.state(cycle_id)
         outcome = "held" if halted else str(state.get("outcome", ""))
         deltas, hidden = verdict_numbers(state.get("verdict"))
         self._served = served_hidden_score(outcome, hidden, self._served)
