@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,11 @@ import pytest
 
 from upgate.agents.testing import scripted
 from upgate.app import build_deps
+from upgate.approvals import add_person
 from upgate.batches import Board
 from upgate.config import load_settings
 from upgate.evals.harness import ChatChoiceHarness
-from upgate.graphs.batch import BatchReport, press_stop, resume_batch
+from upgate.graphs.batch import BatchReport, resume_batch
 from upgate.graphs.runner import Runner
 from upgate.meter import MeteredSandbox
 from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, Sandbox
@@ -105,8 +109,15 @@ def test_stop_kills_the_sandbox_in_flight_and_a_person_resumes(
     assert SlowFirstCommand.started.wait(600)
     # The cycle is in flight, inside a container of ours.
     assert our_containers()
-    flagged = press_stop(runner, "carol", "wrong target branch")
-    assert flagged[0]["sandboxes_killed"] >= 1
+    # The stop button, pressed from another process: the command line.
+    token = add_person(runner.deps.store, "carol")
+    pressed = subprocess.run(
+        [sys.executable, "-m", "upgate.cli", "stop", "--as", "carol", "--reason",
+         "wrong target branch", "--config", str(tmp_path / "upgate.toml")],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "UPGATE_TOKEN": token, "COLUMNS": "200"})
+    assert pressed.returncode == 0, pressed.stdout + pressed.stderr
+    assert re.search(r"stop pressed on batch b\S+ by carol: [1-9]\d* sandbox", pressed.stdout)
     worker.join(600)
     assert not worker.is_alive()
     (report,) = out

@@ -200,3 +200,49 @@ def test_each_cycle_records_its_cost_and_the_served_score(workdir: Path) -> None
     assert all(c["wall_s"] > 0 and c["batch_id"] == report.batch_id for c in report.curve)
     stopped = runner.deps.ledger.entries(report.batch_id)[-1]
     assert [c["cycle_id"] for c in stopped.payload["curve"]] == report.cycles
+
+
+AUTO_CONFIG = "[kinds.config]\nallowed = true\napproval = \"auto\"\n"
+
+
+def auto_config(workdir: Path) -> None:
+    policy = workdir / "policy.toml"
+    policy.write_text(policy.read_text().replace("[kinds.config]\nallowed = true\n", "")
+                      + AUTO_CONFIG)
+
+
+def test_auto_approved_kinds_deploy_without_a_person_within_the_thresholds(
+        workdir: Path) -> None:
+    auto_config(workdir)
+    runner, _ = make_runner(workdir, {"proposal": draft("few_shot"), "review": REVIEW})
+    report = runner.batch("alice", max_cycles=2)
+    assert report.outcomes == ["deployed", "deployed"]
+    assert report.stopped_because == "done: 2 cycle(s) run"
+    gates = [e for e in runner.deps.ledger.entries() if e.node == "gate"]
+    assert [e.event for e in gates] == ["auto_approved", "auto_approved"]
+
+
+def test_an_auto_approval_that_would_add_up_to_a_regression_waits_for_a_person(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from upgate.graphs import batch
+
+    auto_config(workdir)
+    real = batch.verdict_numbers
+
+    def worse(verdict: Any) -> tuple[dict[str, float], dict[str, float]]:
+        # The critic measured a drop of 0.03 on every slice: within the per-change tolerance.
+        deltas, hidden = real(verdict)
+        return {k: v - 0.03 for k, v in deltas.items()} or {"billing": -0.03}, hidden
+
+    monkeypatch.setattr(batch, "verdict_numbers", worse)
+    runner, _ = make_runner(workdir, {"proposal": draft("few_shot"), "review": REVIEW})
+    report = runner.batch("alice", max_cycles=3)
+    # The first drop passes (0.03 < 0.05); the second would make it 0.06: held before the gate.
+    assert report.outcomes[0] == "deployed" and report.outcomes[1] == "held"
+    assert report.pause is not None and report.pause.threshold == "max_accumulated_regression"
+    held = report.cycles[1]
+    assert runner.graph.get_state(runner._config(held)).next == ("gate",)
+    assert not [e for e in runner.deps.ledger.entries(held) if e.node == "deploy"]
+    # A person looks, resumes (which resets the sum), and the held cycle goes through.
+    after = resume_batch(runner, "bob", "the drop is noise on a tiny slice", max_cycles=0)
+    assert after.cycles == [held] and after.outcomes == ["deployed"]
