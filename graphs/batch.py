@@ -31,7 +31,7 @@ from upgate.autonomy import (
     served_hidden_score,
     verdict_numbers,
 )
-from upgate.batches import Board, Status, kill_sandboxes, notify
+from upgate.batches import Board, Status, kill_sandboxes, notify, process_alive
 from upgate.errors import UpgateError
 from upgate.graphs.state import CycleState
 from upgate.meter import SANDBOX_TIME, Meter, metered_factory, metering
@@ -296,10 +296,19 @@ def press_stop(runner: Runner, person: str, reason: str,
     """The stop button: flag running batches, kill their sandboxes, record who and why."""
     if not reason.strip():
         raise BatchHeldError("say why you stop it: --reason '...'")
-    flagged = Board(runner.deps.store).request_stop(person, reason, batch_id)
+    board = Board(runner.deps.store)
+    flagged = board.request_stop(person, reason, batch_id)
     for b in flagged:
         killed = kill_sandboxes(int(b["pid"]), str(b["host"]))
         b["sandboxes_killed"] = killed
         runner.deps.ledger.append(b["batch_id"], "stop", "pressed", {
             "by": person, "reason": reason, "sandboxes_killed": killed})
+        if not process_alive(int(b["pid"]), str(b["host"])):
+            # Its process died without a word: nobody else will mark it, so this does.
+            pause = Pause(threshold="stop", action="stop", observed=1, limit=1,
+                          detail=f"stopped by {person}: {reason} (its process had ended)",
+                          next_step="a person resumes it with `upgate batch resume`")
+            board.set_status(b["batch_id"], "stopped", pause.model_dump())
+            runner.deps.ledger.append(b["batch_id"], "batch", "stopped",
+                                      {"reason": pause.message(), "pause": pause.model_dump()})
     return flagged

@@ -104,6 +104,19 @@ class Board:
         return self._rows("WHERE status IN ('paused', 'stopped')")
 
 
+def process_alive(pid: int, host: str) -> bool:
+    """Whether a batch's process still runs (one on another host is taken to)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def kill_sandboxes(pid: int, host: str | None = None) -> int:
     """Remove the Docker sandboxes a process owns (labels say which); returns how many.
 

@@ -246,3 +246,19 @@ def test_an_auto_approval_that_would_add_up_to_a_regression_waits_for_a_person(
     # A person looks, resumes (which resets the sum), and the held cycle goes through.
     after = resume_batch(runner, "bob", "the drop is noise on a tiny slice", max_cycles=0)
     assert after.cycles == [held] and after.outcomes == ["deployed"]
+
+
+def test_stop_on_a_batch_whose_process_died_holds_it_for_a_person(workdir: Path) -> None:
+    import subprocess
+
+    runner, _ = make_runner(workdir, {"proposal": "not json"})
+    board = Board(runner.deps.store)
+    board.begin("b-crashed", "alice")
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    runner.deps.store.execute("UPDATE batches SET pid = ? WHERE batch_id = 'b-crashed'",
+                              (int(gone.stdout),))
+    (flagged,) = press_stop(runner, "carol", "it hung")
+    assert flagged["batch_id"] == "b-crashed"
+    assert board.get("b-crashed")["status"] == "stopped"  # type: ignore[index]
+    with pytest.raises(BatchHeldError, match="b-crashed is stopped"):
+        runner.batch("alice", max_cycles=1)
