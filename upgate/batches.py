@@ -106,15 +106,9 @@ class Board:
 
 def process_alive(pid: int, host: str) -> bool:
     """Whether a batch's process still runs (one on another host is taken to)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from upgate.sandboxes.docker import _pid_alive  # the sandboxes' orphan check, reused
+
+    return host != socket.gethostname() or _pid_alive(str(pid))
 
 
 def kill_sandboxes(pid: int, host: str | None = None) -> int:
