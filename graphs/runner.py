@@ -6,13 +6,14 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
 from upgate.approvals import sign
 from upgate.errors import ApprovalError
+from upgate.graphs.batch import BatchReport, start_batch
 from upgate.graphs.builder import compile_graph, sqlite_checkpointer
 from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
@@ -21,9 +22,6 @@ from upgate.records import Decision
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, dict[str, Any]], None]
-
-if TYPE_CHECKING:
-    from upgate.graphs.batch import BatchReport
 
 
 def new_cycle_id(now: datetime | None = None) -> str:
@@ -76,8 +74,6 @@ class Runner:
         The thresholds are the policy's (`[autonomy]`, `thresholds.pause_after_failures`);
         `max_pending` and `pause_after_failures` override theirs. See `upgate.graphs.batch`.
         """
-        from upgate.graphs.batch import start_batch
-
         return start_batch(self, requester, max_cycles=max_cycles, max_pending=max_pending,
                            pause_after_failures=pause_after_failures, progress=progress,
                            on_cycle=on_cycle)

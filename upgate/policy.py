@@ -88,6 +88,7 @@ class Autonomy(BaseModel):
     max_pending: int = Field(default=1, ge=1)
     """Pause when this many approvals wait in the inbox."""
     per_batch: Budget = Budget()
+    """Counted from the batch's start, or from a person's last resume of it."""
     per_day: Budget = Budget()
     max_accumulated_regression: float | None = Field(default=0.05, ge=0.0, le=1.0)
     """Pause when a slice's deltas, summed over deployed changes since the last human
