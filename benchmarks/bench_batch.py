@@ -65,10 +65,11 @@ def build(root: Path) -> Runner:
 
 
 def ledger_bytes(runner: Runner) -> int:
-    """The ledger database's size with its write-ahead log."""
-    path = runner.deps.ledger.path
-    wal = path.with_name(path.name + "-wal")
-    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    """The ledger's logical size: the bytes of every entry's payload and hashes."""
+    rows = runner.deps.ledger._db.execute(
+        "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(hash) + LENGTH(prev_hash)), 0) "
+        "FROM ledger").fetchone()
+    return int(rows[0])
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from upgate.autonomy import (
 from upgate.batches import Board, Status, kill_sandboxes, notify, process_alive
 from upgate.errors import UpgateError
 from upgate.graphs.state import CycleState
+from upgate.ledger import Entry
 from upgate.meter import SANDBOX_TIME, Meter, metered_factory, metering
 from upgate.records import Proposal
 
@@ -176,9 +177,9 @@ class BatchLoop:
     def _between_cycles(self) -> Pause | None:
         deps = self.runner.deps
         now = deps.now()
+        entries = deps.ledger.entries()
         view = BatchView(
-            entries=deps.ledger.entries(), verify=deps.ledger.verify(),
-            pending=len(self.runner.inbox()),
+            entries=entries, verify=deps.ledger.verify(), pending=self._pending(entries),
             outcomes=[o for o in self.report.outcomes if o != "held"],
             leg_started_at=self.leg_started_at,
             day_started_at=now.astimezone(UTC).replace(hour=0, minute=0, second=0,
@@ -188,6 +189,14 @@ class BatchLoop:
         limit = (self.pause_after_failures
                  or deps.policy.thresholds.pause_after_failures)
         return first_pause(view, deps.policy.autonomy, limit, self.max_pending)
+
+    def _pending(self, entries: list[Entry]) -> int:
+        """Approvals waiting; only cycles with no final record can wait (the inbox's rule,
+        without reading the checkpoint of every cycle ever run)."""
+        recorded = {e.cycle_id for e in entries if e.node == "record"}
+        open_cycles = dict.fromkeys(e.cycle_id for e in entries
+                                    if e.node == "start" and e.cycle_id not in recorded)
+        return sum(self.runner.pending(c) is not None for c in open_cycles)
 
     def run(self, resume_cycle: str = "") -> BatchReport:
         """Run until a pause, a stop or `max_cycles` new cycles; record and announce it."""
