@@ -5,7 +5,8 @@ steps of a cycle the stop flag is, and two thresholds that must hold a cycle mid
 proposal's risk (before anything is built) and the accumulated regression a candidate that
 the policy would approve automatically would add (before the gate). Leaving the graph's
 stream between steps leaves the cycle at its last checkpoint, resumable. A paused or
-stopped batch is held until a person resumes it; every transition is in the ledger, and
+stopped batch is held until a person resumes it (a new batch supersedes a paused one, on
+the record; a stopped one it does not); every transition is in the ledger, and
 every pause is announced.
 """
 
@@ -251,18 +252,23 @@ def start_batch(runner: Runner, requester: str, *, max_cycles: int,
                 max_pending: int | None = None, pause_after_failures: int | None = None,
                 progress: Progress | None = None,
                 on_cycle: Callable[[CycleState], None] | None = None) -> BatchReport:
-    """A new batch; refused while an earlier one is held for a person."""
+    """A new batch. Refused while a stopped one waits for a person's resume; a paused one
+    is superseded (recorded): the new batch checks every threshold before its first cycle."""
     from upgate.graphs.runner import new_cycle_id
 
     board = Board(runner.deps.store)
     held = board.held()
-    if held:
-        b = held[-1]
+    stopped = [b for b in held if b["status"] == "stopped"]
+    if stopped:
+        b = stopped[-1]
         raise BatchHeldError(
-            f"batch {b['batch_id']} is {b['status']}: "
-            f"{(b['pause'] or {}).get('detail', '')}. A person resumes it with "
-            "`upgate batch resume --as NAME --reason '...'`")
+            f"batch {b['batch_id']} is stopped: {(b['pause'] or {}).get('detail', '')}. "
+            "A person resumes it with `upgate batch resume --as NAME --reason '...'`")
     batch_id = new_cycle_id().replace("c", "b", 1)
+    for b in held:
+        runner.deps.ledger.append(b["batch_id"], "batch", "superseded",
+                                  {"by": requester, "new_batch": batch_id})
+        board.set_status(b["batch_id"], "done")
     entry = runner.deps.ledger.append(batch_id, "batch", "started", {
         "requester": requester, "max_cycles": max_cycles, "max_pending": max_pending,
         "pause_after_failures": pause_after_failures,

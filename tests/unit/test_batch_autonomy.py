@@ -56,9 +56,7 @@ def test_a_high_risk_proposal_holds_its_cycle_until_a_person_resumes(workdir: Pa
     assert note["event"] == "batch.paused" and note["threshold"] == "pause_at_risk"
     assert note["cycle_id"] == cycle and "upgate batch resume" in note["next_step"]
     assert [b["batch_id"] for b in Board(runner.deps.store).held()] == [report.batch_id]
-    # Only a person's resume continues it: a new batch is refused.
-    with pytest.raises(BatchHeldError, match="is paused"):
-        runner.batch("alice", max_cycles=1)
+    # Only a person's resume continues it, with a reason.
     with pytest.raises(BatchHeldError, match="reason"):
         resume_batch(runner, "bob", " ", max_cycles=1)
     after = resume_batch(runner, "bob", "read the proposal; fine", max_cycles=1)
@@ -94,6 +92,9 @@ def test_stop_between_steps_leaves_a_consistent_checkpoint(workdir: Path) -> Non
     assert stop[0].payload["by"] == "carol"
     assert Board(runner.deps.store).get(report.batch_id)["status"] == "stopped"  # type: ignore[index]
     assert notifications(workdir)[-1]["event"] == "batch.stopped"
+    # A stopped batch is not bypassed by starting another.
+    with pytest.raises(BatchHeldError, match="is stopped"):
+        runner.batch("alice", max_cycles=1)
     # A person resumes it; the stopped cycle finishes from its checkpoint.
     after = resume_batch(runner, "bob", "migration done", max_cycles=0)
     assert after.outcomes == ["awaiting_approval"]
@@ -262,3 +263,14 @@ def test_stop_on_a_batch_whose_process_died_holds_it_for_a_person(workdir: Path)
     assert board.get("b-crashed")["status"] == "stopped"  # type: ignore[index]
     with pytest.raises(BatchHeldError, match="b-crashed is stopped"):
         runner.batch("alice", max_cycles=1)
+
+
+def test_a_new_batch_supersedes_a_paused_one_on_the_record(workdir: Path) -> None:
+    runner, _ = make_runner(workdir, {"proposal": "not json"})
+    first = runner.batch("alice", max_cycles=5, pause_after_failures=1)
+    assert first.pause is not None
+    second = runner.batch("carol", max_cycles=1, pause_after_failures=5)
+    assert second.stopped_because == "done: 1 cycle(s) run"
+    (entry,) = [e for e in runner.deps.ledger.entries(first.batch_id) if e.event == "superseded"]
+    assert entry.payload == {"by": "carol", "new_batch": second.batch_id}
+    assert Board(runner.deps.store).held() == []
