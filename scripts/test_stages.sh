@@ -29,6 +29,7 @@ STAGES=(
     "docker:docker:setup:90"
     "images:images:setup:240"
     "vllm:vllm:setup:150"
+    "browser:browser:setup:90"
     "lint:lint:check:60"
     "unit:test-unit:check:180"
     "real:test-real:check:900"

@@ -147,7 +147,7 @@ def build_deps(
     if admin is None and manifest.model_alias:
         admin = VllmAdmin(settings.serving.base_url)
     store = Store(settings.state_dir / "state.sqlite")
-    ledger = open_ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir, settings.witness)
     policy = policy_in_force(settings, store, ledger, strict=for_cycles)
 
     def served_version(model: str) -> str:

@@ -13,17 +13,19 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
 from upgate.approvals import prove_identity
-from upgate.cli_admin import init_command, policy_app
+from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_critique import critique_command
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
-from upgate.errors import UpgateError
+from upgate.errors import EvalError, LedgerError, UpgateError
+from upgate.evidence_store import check_cycle_id, read_packet
 from upgate.graphs.runner import Runner, validate_cycle_id
 from upgate.graphs.state import CycleState
-from upgate.identity import default_key_dir, load_signer, person_key_id
+from upgate.identity import KeySigner, default_key_dir, load_signer, person_key_id
 from upgate.ledger import open_ledger
 
 app = typer.Typer(
@@ -35,6 +37,7 @@ person_app = typer.Typer(help="People who may request and approve changes.",
 app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(policy_app, name="policy")
+app.add_typer(service_app, name="service")
 app.command("critique")(critique_command)
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
@@ -67,7 +70,7 @@ def _runner(settings: Settings, for_cycles: bool = True) -> Runner:
 
 
 def _identify(runner: Runner, name: str, key_dir: Path | None,
-              role: str | tuple[str, ...]) -> Any:
+              role: str | tuple[str, ...]) -> KeySigner:
     """The caller's signer, after proving they hold `name`'s registered key and a role."""
     from upgate.admin import replay
 
@@ -77,57 +80,62 @@ def _identify(runner: Runner, name: str, key_dir: Path | None,
     return signer
 
 
-def _describe(node: str, data: dict[str, Any]) -> str:
+def _describe(node: str, data: dict[str, Any]) -> Text:
+    """One line about a node's result; every value in it is shown as text, never markup."""
     if data.get("outcome") in ("failed", "blocked", "rejected") and data.get("reason"):
-        return f"[red]{data['outcome']}[/red]: {data['reason']}"
+        return Text.assemble((str(data["outcome"]), "red"), f": {data['reason']}")
     if node == "observe":
         obs = data.get("observation", {})
-        return f"visible score {obs.get('visible_score', 'n/a')}"
+        return Text(f"visible score {obs.get('visible_score', 'n/a')}")
     if node == "propose" and data.get("proposal"):
         p = data["proposal"]
-        return f"{p['recipe']} ({p['kind']}) {p['args']}: {p['rationale'][:120]}"
+        return Text(f"{p['recipe']} ({p['kind']}) {p['args']}: {p['rationale'][:120]}")
     if node == "implement" and data.get("candidate"):
         c = data["candidate"]
-        return (f"candidate {c['content_hash'][:12]}, {len(c['changed_paths'])} file(s), "
-                f"{len(c['artifacts'])} artifact(s)")
+        return Text(f"candidate {c['content_hash'][:12]}, {len(c['changed_paths'])} file(s), "
+                    f"{len(c['artifacts'])} artifact(s)")
     if node == "critique" and data.get("verdict"):
         v = data["verdict"]
         score = ""
         if v.get("baseline_score") is not None:
             score = f" score {v['baseline_score']:.2f} -> {v['candidate_score']:.2f};"
-        return f"{v['decision']};{score} {'; '.join(v['reasons'])[:200]}"
+        return Text(f"{v['decision']};{score} {'; '.join(v['reasons'])[:200]}")
     if node == "deploy" and data.get("deployment"):
         d = data["deployment"]
-        return d.get("branch") or f"{d.get('alias')} -> {d.get('version_name')}"
-    return str(data.get("outcome", ""))
+        return Text(str(d.get("branch") or f"{d.get('alias')} -> {d.get('version_name')}"))
+    return Text(str(data.get("outcome", "")))
 
 
 def _progress(node: str, data: dict[str, Any]) -> None:
-    console.print(f"  [green]✓[/green] {node:<13} {_NODE_LABELS.get(node, '')}: "
-                  f"{_describe(node, data)}", highlight=False)
+    line = Text.assemble("  ", ("✓", "green"),
+                         f" {node:<13} {_NODE_LABELS.get(node, '')}: ", _describe(node, data))
+    console.print(line, highlight=False)
 
 
 def _finish(state: CycleState, runner: Runner) -> None:
-    cycle = state.get("cycle_id", "?")
-    outcome = state.get("outcome", "?")
+    cycle = str(state.get("cycle_id", "?"))
+    outcome = str(state.get("outcome", "?"))
     if outcome == "awaiting_approval":
         req = runner.pending(cycle) or {}
-        folder = runner.deps.state_dir / "evidence" / cycle
-        console.print(f"\n[bold yellow]Cycle {cycle} waits for a human decision.[/bold yellow]")
-        console.print(f"  evidence: {folder}/{req.get('evidence_hash', '')[:16]}.md "
-                      f"(or `upgate show {cycle}`)")
-        console.print(f"  candidate {req.get('candidate_hash', '')[:12]}, "
-                      f"requested by {req.get('requester')}")
-        console.print(f"  approvals: {len(req.get('approved_by') or [])} of "
-                      f"{req.get('approvals_required', 1)}")
-        console.print("  approve:  upgate approve "
-                      f"{cycle} --as <approver>   (signed with your key in $UPGATE_KEY_DIR)")
-        console.print("  reject:   upgate reject "
-                      f"{cycle} --as <approver> --reason '...'")
+        console.print(Text(f"\nCycle {cycle} waits for a human decision.", "bold yellow"))
+        console.print(Text(f"  evidence: `upgate show {cycle}` (packet "
+                           f"{str(req.get('evidence_hash', ''))[:16]}, re-hashed when shown)"))
+        console.print(Text(f"  candidate {str(req.get('candidate_hash', ''))[:12]}, "
+                           f"requested by {req.get('requester')}"))
+        console.print(Text(f"  approvals: {len(req.get('approved_by') or [])} of "
+                           f"{req.get('approvals_required', 1)}"))
+        console.print(Text(f"  approve:  upgate approve {cycle} --as <approver>   "
+                           "(signed with your key in $UPGATE_KEY_DIR)"))
+        console.print(Text(f"  reject:   upgate reject {cycle} --as <approver> --reason '...'"))
     else:
         colour = "green" if outcome == "deployed" else "red"
-        console.print(f"\nCycle {cycle}: [{colour}]{outcome}[/{colour}] "
-                      f"{state.get('reason', '')}")
+        console.print(Text.assemble(f"\nCycle {cycle}: ", (outcome, colour),
+                                    f" {state.get('reason', '')}"), highlight=False)
+
+
+def _cells(*values: object) -> list[Text]:
+    """Table cells shown as text: ledger and request values are never read as markup."""
+    return [Text(str(v)) for v in values]
 
 
 def _guard(fn: Any) -> Any:
@@ -135,7 +143,7 @@ def _guard(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UpgateError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False)
             raise typer.Exit(2) from None
 
     wrapper.__name__ = fn.__name__
@@ -207,7 +215,7 @@ def resume(cycle: Annotated[str | None, typer.Argument()] = None,
 @_guard
 def inbox(config: ConfigOpt = None) -> None:
     """List the cycles waiting for a human decision, with their evidence."""
-    runner = _runner(_settings(config))
+    runner = _runner(_settings(config), for_cycles=False)
     waiting = runner.inbox()
     if not waiting:
         console.print("inbox is empty")
@@ -220,22 +228,33 @@ def inbox(config: ConfigOpt = None) -> None:
         score = ""
         if req.get("baseline_score") is not None:
             score = f"{req['baseline_score']:.2f} -> {req['candidate_score']:.2f}"
-        table.add_row(req["cycle_id"], req.get("kind", ""), req.get("requester", ""), score,
-                      req["candidate_hash"][:12], req["evidence_hash"][:12],
-                      req["requested_at"][:19])
+        table.add_row(*_cells(req["cycle_id"], req.get("kind", ""), req.get("requester", ""),
+                              score, req["candidate_hash"][:12], req["evidence_hash"][:12],
+                              req["requested_at"][:19]))
     console.print(table)
 
 
 @app.command()
 @_guard
 def show(cycle: str, config: ConfigOpt = None) -> None:
-    """Show a cycle's evidence packet (what the approver reviews)."""
-    settings = _settings(config)
-    folder = settings.state_dir / "evidence" / cycle
-    packets = sorted(folder.glob("*.md"), key=lambda p: p.stat().st_mtime)
-    if not packets:
-        raise UpgateError(f"no evidence for cycle {cycle} in {folder}")
-    console.print(Markdown(packets[-1].read_text()))
+    """Show the evidence packet a cycle's approval request is bound to, re-hashed."""
+    check_cycle_id(cycle)
+    runner = _runner(_settings(config))
+    request = runner.pending(cycle)
+    if request is not None:
+        evidence_hash = str(request["evidence_hash"])
+        note = "the packet this cycle's approval request is bound to"
+    else:
+        critiques = [e for e in runner.deps.ledger.entries(cycle)
+                     if e.node == "critique" and e.payload.get("evidence_hash")]
+        if not critiques:
+            raise EvalError(f"cycle {cycle} has no evidence recorded in the ledger; "
+                            "see `upgate history`")
+        evidence_hash = str(critiques[-1].payload["evidence_hash"])
+        note = "not waiting for a decision: the packet of its last critique in the ledger"
+    packet = read_packet(runner.deps.state_dir, cycle, evidence_hash)
+    console.print(Text(f"{note}; hash {evidence_hash} verified", "dim"))
+    console.print(Markdown(packet.to_markdown()))
 
 
 def _decide(cycle: str, action: str, as_: str, key_dir: Path | None, reason: str,
@@ -303,6 +322,8 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
     """The ledger: every decision of one cycle, or a line per cycle."""
     settings = _settings(config)
     ledger = open_ledger(settings.state_dir)
+    if cycle is not None:
+        check_cycle_id(cycle)
     if cycle is None:
         table = Table()
         table.add_column("cycle", no_wrap=True, min_width=24)
@@ -311,40 +332,59 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
         for cid in ledger.cycles():
             entries = ledger.entries(cid)
             last = [e for e in entries if e.node == "record"]
-            table.add_row(cid, last[-1].event if last else "(open)",
-                          str(last[-1].payload.get("recipe", "")) if last else "",
-                          str(len(entries)), entries[0].at[:19])
+            table.add_row(*_cells(cid, last[-1].event if last else "(open)",
+                                  str(last[-1].payload.get("recipe", "")) if last else "",
+                                  str(len(entries)), entries[0].at[:19]))
         console.print(table)
         return
     table = Table("seq", "at", "node", "event", "detail", "hash")
     for e in ledger.entries(cycle):
-        detail = {k: v for k, v in e.payload.items() if k != "lineage"}
-        table.add_row(str(e.seq), e.at[11:19], e.node, e.event, str(detail)[:160],
-                      e.hash[:10])
+        # What a reader looks for first (who decided, why) leads; the rest follows.
+        lead = ("approver", "action", "outcome", "reason")
+        first: dict[str, Any] = {k: e.payload[k] for k in lead if k in e.payload}
+        detail: dict[str, Any] = {**first, **{k: v for k, v in e.payload.items()
+                              if k != "lineage" and k not in first}}
+        table.add_row(*_cells(str(e.seq), e.at[11:19], e.node, e.event, str(detail)[:160],
+                              e.hash[:10]))
     console.print(table)
     entries = ledger.entries(cycle)
     if entries:
-        console.print("lineage:", entries[-1].payload.get("lineage", {}), highlight=False)
+        console.print(Text(f"lineage: {entries[-1].payload.get('lineage', {})}"),
+                      highlight=False)
 
 
 @app.command()
 @_guard
-def verify(config: ConfigOpt = None) -> None:
-    """Check the ledger's hash chain; exit 1 when any entry was edited, dropped or moved."""
+def verify(
+    config: ConfigOpt = None,
+    publish: Annotated[bool, typer.Option(
+        "--publish", help="First publish the current head to the witness (after an outage; "
+        "check the entries since the last witnessed head before you do).")] = False,
+) -> None:
+    """Check the ledger's chain and its witness; exit 1 on any rewrite, loss or edit."""
     settings = _settings(config)
-    report = open_ledger(settings.state_dir).verify()
-    if report.ok:
-        console.print(f"[green]ledger OK[/green]: {report.entries} entries, chain intact")
-        return
-    for problem in report.problems:
-        err.print(f"[red]✗[/red] {problem}", highlight=False)
-    raise typer.Exit(1)
+    ledger = open_ledger(settings.state_dir, settings.witness)
+    if publish and not ledger.publish_head():
+        err.print(Text("the head could not be published; see the log", "red"))
+    report = ledger.verify()
+    if not report.ok:
+        for problem in report.problems:
+            err.print(Text.assemble(("✗", "red"), f" {problem}"), highlight=False)
+        raise typer.Exit(1)
+    console.print(Text.assemble(("ledger OK", "green"),
+                                f": {report.entries} entries, chain intact"), highlight=False)
+    if report.witness is None:
+        err.print(Text("warning: no [witness] is configured, so a rewritten and re-chained "
+                       "ledger, a truncated one or a deleted database cannot be detected "
+                       "(see SECURITY.md)", "yellow"), highlight=False)
+    else:
+        console.print(Text(f"checked against the witness: {report.witness}"), highlight=False)
 
 
 @app.command()
 @_guard
 def reconcile(config: ConfigOpt = None) -> None:
-    """After a vLLM restart: point the alias at its active version, reload earlier ones."""
+    """After a vLLM restart: reload the versions the ledger shows approved and deployed."""
     from upgate.deploy.reconcile import reconcile as do_reconcile
 
     runner = _runner(_settings(config))
@@ -352,10 +392,48 @@ def reconcile(config: ConfigOpt = None) -> None:
     if not alias or runner.deps.admin is None:
         console.print("the target serves no model alias; nothing to reconcile")
         return
-    result = do_reconcile(runner.deps.store, runner.deps.admin, alias)
+    report = runner.deps.ledger.verify()
+    if not report.ok:
+        raise LedgerError("the ledger does not verify, so it cannot say what was approved: "
+                          + "; ".join(report.problems[:3]) + ". Run `upgate verify`.")
+    result = do_reconcile(runner.deps.store, runner.deps.admin, alias, runner.deps.ledger)
     runner.deps.ledger.append("admin", "reconcile", "reconciled", result)
-    console.print(f"{alias} -> {result['active'] or '(as the server started it)'}; "
-                  f"reloaded {result['loaded'] or 'nothing'}")
+    console.print(Text(f"{alias} -> {result['active'] or '(as the server started it)'}; "
+                       f"reloaded {result['loaded'] or 'nothing'}"), highlight=False)
+    for line in result["refused"]:
+        err.print(Text.assemble(("refused", "red"), f" {line}"), highlight=False)
+    if result["refused"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Listen address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Listen port.")] = 8765,
+    secure_cookies: Annotated[bool, typer.Option(
+        help="Mark the session cookie Secure (when a TLS proxy fronts the service).")] = False,
+    service: Annotated[str, typer.Option(
+        help="The service's name: it signs decisions as service:NAME.")] = "approvals",
+    key_dir: Annotated[Path | None, typer.Option(
+        "--key-dir", help="Folder of the service's private key (default $UPGATE_KEY_DIR, "
+        "else ~/.config/upgate/keys); never inside the state folder.")] = None,
+) -> None:
+    """The approval service: HTTP API (docs at /docs) and the chat page, on one port."""
+    from upgate.identity import default_key_dir
+    from upgate.server.app import is_loopback
+    from upgate.server.app import serve as run_service
+    from upgate.server.keys import service_signer
+
+    runner = _runner(_settings(config))
+    signer = service_signer(runner, service, key_dir or default_key_dir())
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] listening on {host}, not loopback: put a TLS "
+                  "proxy in front (see the README) and pass --secure-cookies", highlight=False)
+    console.print(f"upgate approval service on http://{host}:{port}/ (API docs: /docs), "
+                  f"signing as {signer.key_id}", highlight=False)
+    run_service(runner, signer=signer, host=host, port=port, secure_cookies=secure_cookies)
 
 
 app.command("init")(_guard(init_command))

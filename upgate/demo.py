@@ -68,7 +68,7 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
 def people(settings: Settings, keys: Path, tokens: Path) -> None:
     """Initialise the state once (alice: admin), register bob, keep the policy adopted."""
     store = Store(settings.state_dir / "state.sqlite")
-    ledger = open_ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir, settings.witness)
     tokens.mkdir(exist_ok=True)
     try:
         text = settings.policy.read_text()
@@ -128,6 +128,13 @@ def main() -> None:
         console.print("[bold]To reject it:[/bold]")
         console.print(f"  UPGATE_KEY_DIR={keys} {up} reject {cycle} --as bob "
                       f"--reason 'why' --config {config}", highlight=False, soft_wrap=True)
+        console.print("[bold]Or review, ask about the evidence and decide on the chat page:[/bold]")
+        console.print(f"  UPGATE_KEY_DIR={keys} {up} service add approvals --as alice "
+                      f"--config {config}   # once", highlight=False, soft_wrap=True)
+        console.print(f"  UPGATE_KEY_DIR={keys} {up} serve --config {config}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"  then open http://127.0.0.1:8765/?cycle={cycle} and log in as bob "
+                      f"(token in {root / 'tokens' / 'bob'})", highlight=False, soft_wrap=True)
     console.print("[bold]Then:[/bold]")
     console.print(f"  {up} history {cycle} --config {config}", highlight=False, soft_wrap=True)
     console.print(f"  {up} verify --config {config}", highlight=False, soft_wrap=True)

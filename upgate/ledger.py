@@ -2,13 +2,18 @@
 
 Each entry's hash covers its own fields and the previous entry's hash, so editing,
 dropping or reordering any entry breaks the chain. The chain head is also written to a
-file beside the database, so dropping the newest entries is caught too.
+file beside the database, so dropping the newest entries is caught too. With a witness
+configured, each head is signed and published outside the state folder after its commit
+(`upgate.witness`), so a rewritten and re-chained ledger, a truncated one and a deleted
+database are caught as well.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,8 +24,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from upgate.errors import LedgerError
+from upgate.errors import ConfigError, LedgerError
 from upgate.hashing import canonical_json, sha256_text
+from upgate.witness import (
+    FileWitnessConfig,
+    GitWitnessConfig,
+    HeadSigner,
+    Witness,
+    WitnessError,
+    build_witness,
+    compare,
+    default_key_dir,
+    load_ledger_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +87,8 @@ class VerifyReport(BaseModel):
     ok: bool
     entries: int
     problems: list[str]
+    witness: str | None = None
+    """The witness the chain was checked against (None: none is configured)."""
 
 
 def entry_hash(
@@ -85,11 +103,20 @@ def entry_hash(
 class Ledger:
     """Append-only, hash-chained decision log in a SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, witness: Witness | None = None,
+                 key_dir: Path | None = None) -> None:
         self.path = path
         self.head_path = path.with_suffix(path.suffix + ".head")
+        self.seen_path = path.with_suffix(path.suffix + ".witnessed")
+        self.witness = witness
+        self.key_dir = key_dir or default_key_dir()
+        self._signer: HeadSigner | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # One writer at a time across processes, from the commit to the witness: heads
+        # reach the witness in the order they were committed.
+        self._flock = os.open(path.with_suffix(path.suffix + ".lock"),
+                              os.O_RDWR | os.O_CREAT, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -97,17 +124,26 @@ class Ledger:
     def close(self) -> None:
         """Close the database connection."""
         self._db.close()
+        os.close(self._flock)
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        with self._lock:
+            fcntl.flock(self._flock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._flock, fcntl.LOCK_UN)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def append(
         self,
@@ -123,21 +159,24 @@ class Ledger:
         Keys make node records idempotent: a node that runs again after a crash records once.
         """
         payload_json = canonical_json(payload)
-        with self._tx() as db:
-            if key is not None:
-                row = db.execute("SELECT * FROM ledger WHERE key = ?", (key,)).fetchone()
-                if row is not None:
-                    return _row_to_entry(row)
-            last = db.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            at = datetime.now(UTC).isoformat()
-            digest = entry_hash(seq, at, cycle_id, node, event, key, payload_json, prev)
-            db.execute(
-                "INSERT INTO ledger (seq, at, cycle_id, node, event, key, payload, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, at, cycle_id, node, event, key, payload_json, prev, digest),
-            )
-            self._write_head(seq, digest)
+        with self._writer():
+            with self._tx() as db:
+                if key is not None:
+                    row = db.execute("SELECT * FROM ledger WHERE key = ?", (key,)).fetchone()
+                    if row is not None:
+                        return _row_to_entry(row)
+                last = db.execute(
+                    "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+                seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+                at = datetime.now(UTC).isoformat()
+                digest = entry_hash(seq, at, cycle_id, node, event, key, payload_json, prev)
+                db.execute(
+                    "INSERT INTO ledger (seq, at, cycle_id, node, event, key, payload,"
+                    " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, at, cycle_id, node, event, key, payload_json, prev, digest),
+                )
+                self._write_head(seq, digest)
+            self._publish(seq, digest, at)  # after the commit
         log.debug("ledger %s %s/%s seq=%d", cycle_id, node, event, seq)
         return Entry(
             seq=seq, at=at, cycle_id=cycle_id, node=node, event=event, key=key,
@@ -151,6 +190,52 @@ class Ledger:
 
     def _check_head(self, rows: list[tuple[Any, ...]]) -> list[str]:
         return _check_head_rows(self.head_path, rows)
+
+    # witness ------------------------------------------------------------------------------
+
+    def _seen(self) -> int:
+        try:
+            return int(self.seen_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _publish(self, seq: int, digest: str, at: str) -> bool:
+        """Sign and publish one head (after its commit); a failure is logged, not raised.
+
+        The entry is already committed; the next append publishes a newer head, which
+        covers this one through the chain, and `verify` reports heads not yet witnessed.
+        """
+        if self.witness is None:
+            return False
+        try:
+            if self._signer is None:
+                self._signer = load_ledger_key(self.key_dir, create=True)
+            assert self._signer is not None
+            self.witness.publish(self._signer.sign(seq, digest, at))
+        except (WitnessError, ConfigError, OSError) as exc:
+            log.error("ledger head %d was not witnessed: %s", seq, exc)
+            return False
+        if seq > self._seen():
+            self.seen_path.write_text(f"{seq} {digest}\n")
+        return True
+
+    def publish_head(self) -> bool:
+        """Publish the current head to the witness (after an outage); False if it failed."""
+        with self._writer():
+            row = self._db.execute(
+                "SELECT seq, hash, at FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+            return row is not None and self._publish(row[0], row[1], row[2])
+
+    def _check_witness(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        if self.witness is None:
+            return []
+        try:
+            heads = self.witness.heads()
+        except WitnessError as exc:
+            return [str(exc)]
+        signer = load_ledger_key(self.key_dir, create=False)
+        return compare({r[0]: r[8] for r in rows}, heads, where=self.witness.describe(),
+                       local_key=signer.public_key if signer else None, seen=self._seen())
 
     def entries(self, cycle_id: str | None = None) -> list[Entry]:
         """All entries in order, or those of one cycle."""
@@ -194,7 +279,9 @@ class Ledger:
             prev = digest
             expected_seq = seq + 1
         problems.extend(self._check_head(rows))
-        return VerifyReport(ok=not problems, entries=len(rows), problems=problems)
+        problems.extend(self._check_witness(rows))
+        return VerifyReport(ok=not problems, entries=len(rows), problems=problems,
+                            witness=self.witness.describe() if self.witness else None)
 
 
 def _check_head_rows(head_path: Path, rows: list[tuple[Any, ...]]) -> list[str]:
@@ -232,11 +319,14 @@ def _row_to_entry(row: tuple[Any, ...]) -> Entry:
     )
 
 
-def open_ledger(state_dir: Path) -> Ledger:
-    """The ledger of a state folder."""
+def open_ledger(state_dir: Path,
+                witness: GitWitnessConfig | FileWitnessConfig | None = None) -> Ledger:
+    """The ledger of a state folder, publishing its heads to the configured witness."""
+    backend = build_witness(witness, state_dir) if witness is not None else None
     try:
-        return Ledger(state_dir / "ledger.sqlite")
-    except sqlite3.Error as exc:
+        return Ledger(state_dir / "ledger.sqlite", witness=backend,
+                      key_dir=witness.key_dir if witness is not None else None)
+    except (sqlite3.Error, OSError) as exc:
         raise LedgerError(
             f"cannot open the ledger in {state_dir}: {exc}. Check the folder is writable."
         ) from exc

@@ -15,7 +15,7 @@ from upgate.agents.recipes.base import NoArgs, RecipeArgs, RecipeContext, typed_
 from upgate.agents.structured import call_structured
 from upgate.errors import SandboxError
 from upgate.policy import ChangeKind
-from upgate.prompts import load_prompt
+from upgate.prompts import DataFence, load_prompt
 from upgate.records import Artifact
 from upgate.sandboxes.base import ExecResult, Sandbox
 
@@ -67,16 +67,15 @@ class Edit:
         typed_args(args, NoArgs)
         coder = ctx.coder
         prompt = load_prompt("coder")
+        fence = DataFence.new()  # one random tag for this conversation; data cannot close it
         system = prompt.render(
-            max_steps=str(coder.max_steps), proposal=ctx.proposal.model_dump_json(indent=1),
-            feedback=ctx.feedback or "none",
+            fence=fence, max_steps=str(coder.max_steps),
+            proposal=ctx.proposal.model_dump_json(indent=1), feedback=ctx.feedback or "none",
         )
         files = "\n".join(box.list_files("."))[:3000]
         history: list[BaseMessage] = [
             SystemMessage(content=system),
-            HumanMessage(
-                content=f"Files in the workspace:\n<data>\n{files}\n</data>\nYour first turn."
-            ),
+            HumanMessage(content=f"Files in the workspace:\n{fence.wrap(files)}\nYour first turn."),
         ]
         for step in range(coder.max_steps):
             call = call_structured(coder.model, history, ToolCall, name="tool_call",
@@ -87,7 +86,7 @@ class Edit:
                 break
             result = run_tool(box, call)
             history.append(
-                HumanMessage(content=f"Result of {call.action}:\n<data>\n{result}\n</data>\nNext.")
+                HumanMessage(content=f"Result of {call.action}:\n{fence.wrap(result)}\nNext.")
             )
         return ()
 

@@ -23,6 +23,7 @@ from upgate.agents.recipes.base import (
     require,
     typed_args,
 )
+from upgate.artifacts import freeze_tree
 from upgate.errors import SandboxError
 from upgate.hashing import sha256_tree
 from upgate.policy import ChangeKind
@@ -131,5 +132,6 @@ def _lora_finetune(box: Sandbox, ctx: CoderContext, p: Proposal, out: list[str])
         if not final.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(staged, final)
+            freeze_tree(final)  # stored read-only; every load re-hashes it anyway
     alias = ctx.manifest.model_alias or "model"
     return Artifact(name=f"{alias}@{digest[:12]}", kind="adapter", path=str(final), sha256=digest)

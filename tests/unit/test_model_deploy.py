@@ -10,52 +10,39 @@ from typing import Any
 import pytest
 
 from upgate.agents.recipes import lora_finetune
-from upgate.deploy.vllm import ServedModel, VllmAdmin
+from upgate.deploy.testing import FakeVllmAdmin
+from upgate.hashing import sha256_tree
 from upgate.records import Artifact
 
 from ..conftest import decide
 from .test_cycle import REVIEW, draft, make_runner
 
 
-class FakeVllm(VllmAdmin):
-    """A vLLM server's LoRA admin endpoints in memory; the logic above them is the real one."""
-
-    def __init__(self, initial: str) -> None:  # no HTTP client: nothing to talk to
-        self.served: dict[str, str] = {"smollm2": "/base", "triage": initial}
-        self.calls: list[tuple[str, str, str]] = []
-
-    def models(self) -> dict[str, ServedModel]:
-        return {k: ServedModel(id=k, root=v) for k, v in self.served.items()}
-
-    def load_adapter(self, name: str, path: Path, *, inplace: bool = False) -> None:
-        assert inplace or name not in self.served, "vLLM refuses a second load without inplace"
-        self.calls.append(("load", name, str(path)))
-        self.served[name] = str(path)
-
-    def unload_adapter(self, name: str) -> None:
-        self.calls.append(("unload", name, ""))
-        self.served.pop(name, None)
-
+def _good_adapter(tmp: Path) -> tuple[Path, str]:
+    """The trained adapter's folder and its content hash."""
+    adapter = tmp / "adapter-good"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    return adapter, sha256_tree(adapter)
 
 
 def _fake_training(tmp: Path) -> Any:
     def train(box: Any, ctx: Any, p: Any, out: list[str]) -> Artifact:
-        adapter = tmp / "adapter-good"
-        adapter.mkdir(exist_ok=True)
-        (adapter / "adapter_config.json").write_text("{}")
+        adapter, digest = _good_adapter(tmp)
         out.append("trained (test double)")
         return Artifact(name="triage@goodgoodgood", kind="adapter", path=str(adapter),
-                        sha256="good" * 16)
+                        sha256=digest)
     return train
 
 
 def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) -> Any:
     monkeypatch.setattr(lora_finetune, "_lora_finetune", _fake_training(workdir))
+    judged_as = f"upgate-candidate-{_good_adapter(workdir)[1][:12]}"
     runner, client = make_runner(workdir, {"proposal": draft("lora_finetune"), "review": REVIEW},
-                                 good_models=["upgate-candidate-goodgoodgood"])
+                                 good_models=[judged_as])
     initial = workdir / "adapters" / "triage-v0"
     initial.mkdir(parents=True, exist_ok=True)
-    fake = FakeVllm(initial=str(initial))
+    fake = FakeVllmAdmin({"smollm2": "/base", "triage": str(initial)})
     runner.deps.admin = fake
     if live_good:
         # The alias answers well once it serves the trained adapter.
@@ -63,7 +50,7 @@ def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) 
 
         def create(**kw: Any) -> Any:
             if kw["model"] == "triage" and fake.served["triage"].endswith("adapter-good"):
-                kw = {**kw, "model": "upgate-candidate-goodgoodgood"}
+                kw = {**kw, "model": judged_as}
             return original(**kw)
 
         client.create = create  # type: ignore[method-assign]
@@ -96,10 +83,14 @@ def test_approved_model_swaps_the_alias_and_keeps_the_previous_loaded(
     # Deploying again (a resume after a crash) changes nothing.
     before = list(fake.calls)
     from upgate.graphs import nodes
+    from upgate.records import Deployment
 
-    nodes._deploy_model(runner.deps, done, nodes._candidate(done), done["deployment"]
-                        ["deployment_id"])
+    again = runner.deps.deployer("vllm").deploy(
+        nodes._candidate(done), done["deployment"]["deployment_id"],
+        cycle_id=done["cycle_id"], message="again")
     assert [c for c in fake.calls[len(before):] if c[0] == "load"] == []
+    # The version before is still what a rollback would restore.
+    assert again == Deployment.model_validate(done["deployment"])
 
 
 def test_a_live_regression_rolls_back_to_the_previous_version(
@@ -129,12 +120,28 @@ def test_reconcile_after_a_server_restart_restores_alias_and_rollback_targets(
     good = fake.served["triage"]
     # The server restarts: only what it was started with is served.
     fake.served = {"smollm2": "/base", "triage": str(workdir / "adapters" / "triage-v0")}
-    result = reconcile(runner.deps.store, fake, "triage")
+    result = reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)
     assert result["active"] == "triage@goodgoodgood"
     assert fake.served["triage"] == good
     assert fake.served["triage@initial"] == str(workdir / "adapters" / "triage-v0")
     assert sorted(result["loaded"]) == ["triage@goodgoodgood", "triage@initial"]
     # Running it again changes nothing.
     calls = len(fake.calls)
-    assert reconcile(runner.deps.store, fake, "triage")["loaded"] == []
+    assert reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)["loaded"] == []
     assert len(fake.calls) == calls
+
+
+def test_a_regression_with_no_version_before_is_recorded_as_not_restored(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, fake = _runner(workdir, monkeypatch, live_good=False)
+    del fake.served["triage"]  # the server never served the alias: nothing to go back to
+    state = runner.start("alice")
+    done = decide(runner, state["cycle_id"], "approve", "bob")
+    assert done["monitor"]["regressed"] is True
+    assert done["outcome"] == "failed"
+    assert "nothing to roll back to" in done["reason"]
+    events = [(e.node, e.event) for e in runner.deps.ledger.entries(state["cycle_id"])]
+    assert ("rollback", "not_restored") in events
+    assert ("rollback", "rolled_back") not in events
+    assert fake.served["triage"].endswith("adapter-good")

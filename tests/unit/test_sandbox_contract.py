@@ -24,6 +24,7 @@ from upgate.sandboxes.config import (
     LocalSandboxConfig,
     get_sandbox,
 )
+from upgate.sandboxes.fake import FakeSandbox
 from upgate.sandboxes.pool import SandboxPool
 
 MakeSandbox = Callable[..., Sandbox]
@@ -213,6 +214,30 @@ class SandboxContract:
         with pytest.raises(SandboxError):
             sandbox.exec("true")
 
+    def test_reset_empties_the_workspace_and_forgets_the_baseline(
+        self, make_sandbox: MakeSandbox, tmp_path: Path
+    ) -> None:
+        source = make_source_tree(tmp_path / "src")
+        sandbox = make_sandbox()
+        sandbox.copy_in(source)
+        assert sandbox.exec("echo dirt > dirt.txt && mkdir -p deep/er && touch deep/er/x").ok
+        sandbox.reset()
+        assert sandbox.list_files() == []
+        with pytest.raises(SandboxError, match="baseline"):
+            sandbox.diff()
+        sandbox.copy_in(source)
+        assert sandbox.list_files() == ["README.md", "pkg/mod.py"]
+        assert sandbox.diff() == ""
+        sandbox.stop()
+        with pytest.raises(SandboxError):
+            sandbox.reset()
+
+    def test_describe_says_what_the_backend_isolates(self, make_sandbox: MakeSandbox) -> None:
+        text = make_sandbox().describe()
+        backend, _, detail = text.partition(":")
+        assert backend.split(" ")[1] == "sandbox", text
+        assert len(detail.split()) >= 8, text
+
     def test_pool_hands_out_fresh_workspaces(
         self, sandbox_config: Any, tmp_path: Path
     ) -> None:
@@ -288,7 +313,7 @@ def test_local_without_bwrap_says_how_to_install(monkeypatch: pytest.MonkeyPatch
 def test_local_describe_names_what_it_does_not_isolate() -> None:
     if _bwrap_works() is not None:
         pytest.skip("bubblewrap cannot run here")
-    text = get_sandbox(LocalSandboxConfig()).describe()  # type: ignore[attr-defined]
+    text = get_sandbox(LocalSandboxConfig()).describe()
     assert "NOT isolated" in text
     assert "kernel" in text
 
@@ -341,3 +366,27 @@ def test_environment_leak_guard_is_real() -> None:
     env = {**os.environ, "UPGATE_TEST_SECRET": "visible"}
     out = subprocess.run(["env"], env=env, capture_output=True, text=True, check=True).stdout
     assert "UPGATE_TEST_SECRET=visible" in out
+
+
+class _ResetFails(FakeSandbox):
+    """The fake backend, except that emptying the workspace breaks."""
+
+    def reset(self) -> None:
+        raise SandboxError("cannot empty the workspace")
+
+
+def test_the_pool_replaces_a_sandbox_that_cannot_be_reset(tmp_path: Path) -> None:
+    made: list[Sandbox] = []
+
+    def factory() -> Sandbox:
+        made.append(_ResetFails(FakeSandboxConfig()))
+        return made[-1]
+
+    source = make_source_tree(tmp_path / "src")
+    with SandboxPool(FakeSandboxConfig(), size=1, factory=factory) as pool:
+        with pool.acquire(source) as first:
+            assert first.exec("echo dirt > dirt.txt").ok
+        with pool.acquire(source) as second:
+            assert second is not first
+            assert second.list_files() == ["README.md", "pkg/mod.py"]
+    assert len(made) == 3  # each give-back replaced the one that could not be emptied

@@ -4,6 +4,9 @@ A LoRA candidate is loaded under a versioned name (`ALIAS@HASH12`), then the ali
 pointed at it with an in-place load. The previous version stays loaded under its own
 versioned name, so rolling back is one more in-place load. Each step checks the server's
 state first, so running it twice changes nothing the second time.
+
+Every load names the content hash the adapter was approved under: the folder is
+re-hashed first, and a mismatch is refused before the server is asked.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
+from upgate.artifacts import tree_problem
 from upgate.errors import DeployError
 
 log = logging.getLogger(__name__)
@@ -57,8 +61,11 @@ class VllmAdmin:
             ) from exc
         return {m["id"]: ServedModel.model_validate(m) for m in resp.json().get("data", [])}
 
-    def load_adapter(self, name: str, path: Path, *, inplace: bool = False) -> None:
-        """Load a LoRA adapter folder under `name` (replace it if `inplace`)."""
+    def load_adapter(self, name: str, path: Path, *, expected_sha256: str,
+                     inplace: bool = False) -> None:
+        """Load a LoRA adapter folder under `name` (replace it if `inplace`), once its
+        content hash is `expected_sha256`; DeployError before any request otherwise."""
+        check_adapter(path, expected_sha256)
         body: dict[str, object] = {"lora_name": name, "lora_path": str(path)}
         if inplace:
             body["load_inplace"] = True
@@ -75,21 +82,30 @@ class VllmAdmin:
         if resp.status_code not in (200, 404, 400):
             raise DeployError(f"vLLM failed to unload {name}: HTTP {resp.status_code}")
 
-    def ensure_loaded(self, name: str, path: Path) -> None:
-        """Load `path` under `name` unless that name is already served."""
+    def ensure_loaded(self, name: str, path: Path, *, expected_sha256: str) -> None:
+        """Load `path` (checked against `expected_sha256`) unless `name` is already served."""
         if name not in self.models():
-            self.load_adapter(name, path)
+            self.load_adapter(name, path, expected_sha256=expected_sha256)
 
-    def point_alias(self, alias: str, path: Path) -> None:
+    def point_alias(self, alias: str, path: Path, *, expected_sha256: str) -> None:
         """Make `alias` serve the adapter at `path` (in place when it already exists)."""
         current = self.models().get(alias)
         if current is not None and current.root == str(path):
             log.info("alias %s already serves %s", alias, path)
             return
-        self.load_adapter(alias, path, inplace=current is not None)
+        self.load_adapter(alias, path, expected_sha256=expected_sha256,
+                          inplace=current is not None)
         after = self.models().get(alias)
         if after is None or (after.root is not None and after.root != str(path)):
             raise DeployError(
                 f"after loading, vLLM serves {alias} from "
                 f"{after.root if after else 'nothing'}, not {path}"
             )
+
+
+def check_adapter(path: Path, expected_sha256: str) -> None:
+    """Re-hash the adapter folder; DeployError unless it is the approved content."""
+    problem = tree_problem(path, expected_sha256)
+    if problem is not None:
+        raise DeployError(f"refusing to load the adapter: {problem}. Nothing was loaded; "
+                          "run a new cycle to build, judge and approve it again")
