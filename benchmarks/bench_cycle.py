@@ -47,12 +47,15 @@ def stage_times(entries: list[Any]) -> dict[str, float]:
         return times
     start = stamps[0][1]
     previous = start
+    ended = False
     for node, at in stamps[1:]:
         times[node] = times.get(node, 0.0) + (at - previous).total_seconds()
         previous = at
         if node in END_NODES:
+            ended = True
             break
-    times["cycle"] = (previous - start).total_seconds()
+    # A cycle still running (or cut off) shows how far it got, not a cycle time.
+    times["cycle" if ended else "so far"] = (previous - start).total_seconds()
     return times
 
 
