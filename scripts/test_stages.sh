@@ -27,12 +27,12 @@ STAGES=(
     "venv:venv:setup:150"
     "bwrap:bwrap:setup:30"
     "docker:docker:setup:90"
-    "images:images:setup:240"
+    "images:images:setup:210"
     "vllm:vllm:setup:150"
     "browser:browser:setup:90"
     "lint:lint:check:60"
     "unit:test-unit:check:180"
-    "real:test-real:check:900"
+    "real:test-real:check:840"
 )
 
 wanted=("$@")
