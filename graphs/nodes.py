@@ -24,6 +24,7 @@ from upgate.graphs.hitl import hitl_request
 from upgate.graphs.lineage import lineage, model_ref, versions
 from upgate.graphs.state import CycleState
 from upgate.hashing import sha256_text
+from upgate.notify.events import outbox_for
 from upgate.records import Candidate, Decision, Deployment, Proposal, Verdict
 from upgate.target_tree import read_prompting, resolve_commit
 
@@ -32,7 +33,9 @@ def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str
             *, attempt: int = 0) -> None:
     payload = {"lineage": lineage(deps, state), **data}
     key = f"{state['cycle_id']}/{node}/{event}/{attempt}"
-    deps.ledger.append(state["cycle_id"], node, event, payload, key=key)
+    outbox = outbox_for(deps.settings.notify, deps.state_dir, node, event, data, state,
+                        ttl_hours=deps.policy.thresholds.approval_ttl_hours)
+    deps.ledger.append(state["cycle_id"], node, event, payload, key=key, outbox=outbox)
 
 
 def baseline_identity(deps: Deps) -> dict[str, str]:
@@ -195,6 +198,7 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         made_by=model_ref(deps, "critic"),
         retries=deps.settings.agents.critic.output_retries, versions=versions(deps),
         cycle_id=state["cycle_id"], suite_path=deps.settings.target.suite,
+        hidden_tests=deps.settings.target.hidden_tests,
     )
     try:
         verdict = critique(proposal, candidate, ctx)

@@ -30,6 +30,7 @@ from upgate.store import Store
 console = Console(soft_wrap=True)
 
 REPO = Path(__file__).resolve().parents[1]
+NOTIFY_ENV = "UPGATE_DEMO_NOTIFY_URL"
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -62,6 +63,13 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
         f'[serving]\nbase_url = "{endpoint}"\nbase_model_path = "{model_dir}"\n\n'
         f'[sandbox]\ntype = "{sandbox}"\n{agents}'
     )
+    if os.environ.get(NOTIFY_ENV):
+        # Opt-in: notifications to the webhook URL the variable holds (e.g. a local receiver:
+        # `python -m upgate.notify.testing --port 8099`, then
+        # UPGATE_DEMO_NOTIFY_URL=http://127.0.0.1:8099/).
+        with config.open("a") as fh:
+            fh.write(f'\n[[notify.channels]]\ntype = "slack"\nname = "demo"\n'
+                     f'webhook_url_env = "{NOTIFY_ENV}"\n')
     return config
 
 
@@ -116,6 +124,11 @@ def main() -> None:
         report = runner.batch("alice", max_cycles=4, max_pending=1, pause_after_failures=4,
                               progress=_progress, on_cycle=lambda st: _finish(st, runner))
     console.print(f"\nbatch: {report.stopped_because}")
+    if os.environ.get(NOTIFY_ENV):
+        from upgate.notify.worker import deliver_after_command
+
+        deliver_after_command()
+        console.print(f"notifications sent to ${NOTIFY_ENV} (see `upgate notify status`)")
     if not report.cycles:
         return
     cycle = report.cycles[-1]

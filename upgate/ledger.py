@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from upgate.errors import LedgerError
+from upgate.errors import ConfigError, LedgerError
 from upgate.hashing import canonical_json, sha256_text
 from upgate.witness import (
     FileWitnessConfig,
@@ -100,6 +100,10 @@ def entry_hash(
     return sha256_text(body)
 
 
+OutboxWrite = Callable[[sqlite3.Connection, "Entry"], None]
+"""Writes rows beside an entry inside the entry's own transaction (the notification outbox)."""
+
+
 class Ledger:
     """Append-only, hash-chained decision log in a SQLite file."""
 
@@ -153,10 +157,13 @@ class Ledger:
         payload: dict[str, Any],
         *,
         key: str | None = None,
+        outbox: Sequence[OutboxWrite] = (),
     ) -> Entry:
         """Append one entry; with a `key`, a second append of the same key returns the first.
 
         Keys make node records idempotent: a node that runs again after a crash records once.
+        Each `outbox` write runs in the same transaction, so the entry and its notifications
+        commit together or not at all (and a repeated key writes them once).
         """
         payload_json = canonical_json(payload)
         with self._writer():
@@ -175,13 +182,16 @@ class Ledger:
                     " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (seq, at, cycle_id, node, event, key, payload_json, prev, digest),
                 )
+                entry = Entry(
+                    seq=seq, at=at, cycle_id=cycle_id, node=node, event=event, key=key,
+                    payload=json.loads(payload_json), prev_hash=prev, hash=digest,
+                )
+                for write in outbox:
+                    write(db, entry)
                 self._write_head(seq, digest)
             self._publish(seq, digest, at)  # after the commit
         log.debug("ledger %s %s/%s seq=%d", cycle_id, node, event, seq)
-        return Entry(
-            seq=seq, at=at, cycle_id=cycle_id, node=node, event=event, key=key,
-            payload=json.loads(payload_json), prev_hash=prev, hash=digest,
-        )
+        return entry
 
     def _write_head(self, seq: int, digest: str) -> None:
         tmp = self.head_path.with_suffix(".tmp")
@@ -212,7 +222,7 @@ class Ledger:
                 self._signer = load_ledger_key(self.key_dir, create=True)
             assert self._signer is not None
             self.witness.publish(self._signer.sign(seq, digest, at))
-        except WitnessError as exc:
+        except (WitnessError, ConfigError, OSError) as exc:
             log.error("ledger head %d was not witnessed: %s", seq, exc)
             return False
         if seq > self._seen():

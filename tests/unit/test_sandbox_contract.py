@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,19 +72,22 @@ class SandboxContract:
         assert result.exit_code != 0
 
     def test_timeout(self, make_sandbox: MakeSandbox) -> None:
-        started = time.monotonic()
-        result = make_sandbox().exec("sleep 30", timeout_s=1)
-        assert time.monotonic() - started < 10
+        # How fast the kill lands is measured in benchmarks/bench_sandbox.py; here: the
+        # command was killed before it could finish, and the result says so.
+        result = make_sandbox().exec("echo begun; sleep 30; echo finished", timeout_s=1)
         assert result.timed_out
         assert "timeout" in result.limits_hit
         assert not result.ok
+        assert "begun" in result.stdout
+        assert "finished" not in result.stdout
 
     def test_background_process_does_not_hold_the_exec(self, make_sandbox: MakeSandbox) -> None:
-        started = time.monotonic()
+        # An exec that waited for the background sleep would run into its own timeout.
         result = make_sandbox().exec("sleep 30 & echo started", timeout_s=20)
         assert result.ok, result.summary()
+        assert not result.timed_out
+        assert result.limits_hit == ()
         assert result.stdout == "started\n"
-        assert time.monotonic() - started < 10
 
     def test_env_and_cwd(self, make_sandbox: MakeSandbox) -> None:
         sandbox = make_sandbox()
