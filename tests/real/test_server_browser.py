@@ -78,7 +78,8 @@ def open_cycle(browser: object, served: Served, name: str, cycle: str) -> object
     page.wait_for_selector("#whoami:not([hidden])")
     page.click(f"#inbox li[data-cycle='{cycle}']")
     page.wait_for_selector("#messages .msg")
-    page.wait_for_function("document.querySelector('img.plot') && "
+    # A function, not an expression: the page's CSP forbids eval, which expressions need.
+    page.wait_for_function("() => document.querySelector('img.plot') && "
                            "document.querySelector('img.plot').naturalWidth > 0")
     page.errors = errors  # type: ignore[attr-defined]
     return page
@@ -112,7 +113,7 @@ def test_log_in_read_ask_and_approve_then_see_the_deploy(browser: object, served
     page.wait_for_selector("#decision-result.done", timeout=WAIT_MS)  # type: ignore[attr-defined]
     result = page.inner_text("#decision-result")  # type: ignore[attr-defined]
     assert f"outcome deployed, deployed upgate/{cycle}" in result
-    page.wait_for_function("document.getElementById('live').innerText.includes('record: deployed')")  # type: ignore[attr-defined]
+    page.wait_for_selector("#live li:has-text('record: deployed')")  # type: ignore[attr-defined]
     snap(page, shots, "chat-approved.png", "#live")
     branches = subprocess.run(["git", "-C", str(served.root / "target"), "branch"],
                               capture_output=True, text=True, check=True).stdout
