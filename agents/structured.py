@@ -1,13 +1,22 @@
 """Typed calls: ask a chat model for JSON under a schema, validate it, retry a bounded number
-of times, then fail with the reason."""
+of times, then fail with the reason.
+
+The request goes through LangChain's `with_structured_output(method="json_schema")`, so it
+carries `response_format` json_schema and vLLM enforces the schema while decoding; the
+pydantic model then checks what a JSON schema cannot say. Malformed or invalid output is
+retried by LangChain's `with_retry`; transport failures are left to the client's own
+retries and reported once.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableLambda
 from pydantic import BaseModel, ValidationError
 
 from upgate.errors import AgentOutputError
@@ -17,12 +26,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 
-def response_format(schema: type[BaseModel], name: str) -> dict[str, object]:
-    """The OpenAI `response_format` for a pydantic schema (vLLM enforces it while decoding)."""
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": name, "schema": schema.model_json_schema(), "strict": True},
-    }
+def json_schema(schema: type[BaseModel], name: str) -> dict[str, Any]:
+    """The named, strict JSON schema of a pydantic model, as `response_format` carries it."""
+    return {"name": name, "schema": schema.model_json_schema(), "strict": True}
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, model-facing account of why an output was refused."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'output'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def call_structured(
@@ -34,34 +50,36 @@ def call_structured(
     retries: int,
 ) -> T:
     """Get one `schema` object from the model, retrying malformed output `retries` times."""
-    bound = model.bind(response_format=response_format(schema, name))
-    history = list(messages)
     errors: list[str] = []
-    for attempt in range(retries + 1):
-        try:
-            reply = bound.invoke(history)
-        except Exception as exc:  # transport errors: bounded retries too
-            errors.append(f"attempt {attempt + 1}: request failed: {type(exc).__name__}: {exc}")
-            log.warning("%s request failed: %s", name, exc)
-            continue
-        text = reply.content if isinstance(reply.content, str) else str(reply.content)
-        try:
-            return schema.model_validate_json(text)
-        except ValidationError as exc:
-            short = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'output'}: {e['msg']}"
-                for e in exc.errors()[:5]
-            )
-            errors.append(f"attempt {attempt + 1}: {short}")
-            log.info("%s output invalid (attempt %d): %s", name, attempt + 1, short)
-            history = [
-                *history,
-                AIMessage(content=text[:2000]),
-                HumanMessage(
-                    content=f"That reply did not match the schema ({short}). "
-                    "Reply again with only a JSON object that matches the schema."
-                ),
-            ]
-    raise AgentOutputError(
-        f"the model gave no valid {name} after {retries + 1} attempts: " + " | ".join(errors)
+
+    def retry_on(exc: BaseException) -> bool:
+        if not isinstance(exc, OutputParserException | ValidationError):
+            return False
+        errors.append(f"attempt {len(errors) + 1}: {_reason(exc)}")
+        log.info("%s output invalid (%s)", name, errors[-1])
+        return True
+
+    def validate(data: Any) -> T:
+        return schema.model_validate(data)
+
+    structured = model.with_structured_output(json_schema(schema, name), method="json_schema")
+    chain = (structured | RunnableLambda(validate)).with_retry(
+        retry_if_exception_type=retry_on,
+        stop_after_attempt=retries + 1,
+        wait_exponential_jitter=False,
     )
+    try:
+        result = chain.invoke(messages)
+    except (OutputParserException, ValidationError):
+        raise AgentOutputError(
+            f"the model gave no valid {name} after {retries + 1} attempts: "
+            + " | ".join(errors)
+        ) from None
+    except Exception as exc:  # the request itself failed (the client already retried)
+        raise AgentOutputError(
+            f"the {name} request failed after the client's retries: "
+            f"{type(exc).__name__}: {exc}; check the agent's endpoint ([agents] base_url)"
+        ) from exc
+    if not isinstance(result, schema):
+        raise AgentOutputError(f"the model's {name} did not validate as {schema.__name__}")
+    return result

@@ -10,9 +10,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel
 
 Reply = Callable[[Sequence[BaseMessage], str], str]
 """(messages, schema name) -> the model's text reply."""
@@ -41,6 +44,18 @@ class ScriptedChatModel(BaseChatModel):
         self.calls.append((name, list(messages)))
         text = self.reply(messages, name)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def with_structured_output(
+        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """As ChatOpenAI's `method="json_schema"` does for a JSON schema given as a dict
+        (name, schema, strict): the request carries it as `response_format`, and the reply's
+        text is parsed as JSON (an OutputParserException when it is not)."""
+        if (kwargs.get("method", "json_schema") != "json_schema" or include_raw
+                or not isinstance(schema, dict) or "schema" not in schema):
+            raise NotImplementedError("the scripted model does json_schema with a dict schema")
+        fmt = {"type": "json_schema", "json_schema": schema}
+        return self.bind(response_format=fmt) | JsonOutputParser()
 
 
 def scripted(replies: dict[str, list[str] | str]) -> ScriptedChatModel:

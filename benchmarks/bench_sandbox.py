@@ -1,4 +1,6 @@
-"""Sandbox benchmark: cold start, warm exec latency, evaluation throughput, pool vs no pool.
+"""Sandbox benchmark: cold start, warm exec latency, evaluation throughput, pool vs no pool,
+and how fast the limits act (a timeout's kill, a background process, a refused connection,
+an output flood): the wall-clock side of what the contract tests check by outcome.
 
 Every figure is also given as a ratio to a plain host subprocess doing the same thing in
 the same run, so numbers from different machines compare.
@@ -104,6 +106,31 @@ def run_parallel(task: Callable[[], Any], count: int, workers: int) -> float:
     return time.perf_counter() - started
 
 
+def limit_figures(config: Any) -> dict[str, float]:
+    """Seconds each limit takes to act; the tests check only that it acted."""
+    figures: dict[str, float] = {}
+    with get_sandbox(config) as sandbox:
+        sandbox.exec(TINY_COMMAND)
+        started = time.perf_counter()
+        result = sandbox.exec("sleep 100", timeout_s=2)
+        assert result.timed_out, result.summary()
+        figures["timeout_2s_kill_lag_s"] = time.perf_counter() - started - 2
+        started = time.perf_counter()
+        result = sandbox.exec("sleep 30 & echo started", timeout_s=20)
+        assert result.ok, result.summary()
+        figures["background_process_exec_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        result = sandbox.exec("yes", timeout_s=2)
+        assert result.timed_out, result.summary()
+        figures["output_flood_2s_kill_lag_s"] = time.perf_counter() - started - 2
+        probe = "import socket\ntry:\n    socket.create_connection(('10.255.255.1', 80), 5)\n" \
+                "except OSError:\n    pass\n"
+        started = time.perf_counter()
+        sandbox.exec(["python3", "-c", probe])
+        figures["blocked_connect_s"] = time.perf_counter() - started
+    return figures
+
+
 def main() -> int:
     """Run the benchmark and print (and optionally save) its figures."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -131,6 +158,7 @@ def main() -> int:
         "load_avg_1m_at_start": os.getloadavg()[0],
     }
     project = make_project(Path(tempfile.mkdtemp(prefix="upgate-bench-")) / "project")
+    figures.update(limit_figures(config))
 
     def cold() -> None:
         sandbox = get_sandbox(config)

@@ -128,7 +128,7 @@ def _touches_pytest_config(f: FileDiff) -> bool:
 
 
 def tests_or_eval_touched(diff: str) -> Finding:
-    """Block edits, renames or deletions of tests and any test config; new test modules warn."""
+    """Block edits, renames or deletions of tests and any test config; added tests warn."""
     block: list[str] = []
     warn: list[str] = []
     for f in parse_diff(diff):
@@ -137,8 +137,11 @@ def tests_or_eval_touched(diff: str) -> Finding:
         elif any(_is_test_path(p) for p in f.paths):
             # A new test module is a normal part of a change; a new conftest.py or test
             # config can rewrite how every test runs (hooks, exit codes), so it blocks.
-            new_module = f.status == "added" and posixpath.basename(f.path) not in _TEST_CONFIG
-            (warn if new_module else block).append(f"{f.status}: {f.path}")
+            # Adding test functions to an existing test module (additions only) is evidence,
+            # not an edit: the baseline's tests run as they are either way.
+            config = posixpath.basename(f.path) in _TEST_CONFIG
+            added_only = f.status in ("added", "modified") and not f.removed and not config
+            (warn if added_only else block).append(f"{f.status}: {f.path}")
     if block:
         return _finding("tests_or_eval_touched", "block", block + warn, "")
     return _finding("tests_or_eval_touched", "warn", warn, "no test or eval file touched")
@@ -159,8 +162,10 @@ _TIMEOUT = re.compile(
     r"""(?P<mark>\bmark\.timeout)\(\s*(?P<mval>\d+(?:\.\d+)?)""",
     re.IGNORECASE,
 )
+# Lint and type-checker comments (`# noqa`, `# type: ignore`) are not escapes: they change
+# no behaviour, and honest changes carry them. Behaviour is judged by the tests.
 _ADDED_ESCAPES = re.compile(
-    r"#\s*noqa\b|#\s*type:\s*ignore|#\s*pragma:\s*no\s*cover|\bpytest\.(mark\.)?(skip|skipif|xfail)\b|"
+    r"\bpytest\.(mark\.)?(skip|skipif|xfail)\b|"
     r"\bunittest\.skip\w*\b|\bpytest\.importorskip\b|\bos\._exit\(|"
     r"\bsuppress\(\s*(Base)?Exception\b|^\s*except\s*(\w*Exception)?\s*:\s*(pass|\.\.\.)\s*$"
 )

@@ -33,14 +33,24 @@ _BAR_WIDTH = 20
 _BACKTICK_STANDIN = "\u02cb"
 
 
+CheckSeverity = Literal["block", "revise", "info"]
+
+
 class Check(BaseModel):
-    """One named check the critic ran, and whether it passed."""
+    """One named check the critic ran: whether it passed, what failing it means, evidence.
+
+    The critic's decision is computed from these alone: a failed "block" check rejects, a
+    failed "revise" check asks for a revision, "info" checks only inform the approver.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     passed: bool
     detail: str = ""
+    severity: CheckSeverity = "info"
+    reason: str = ""
+    """The one-line reason a failed check gives in the verdict."""
 
 
 class RunSummary(BaseModel):
@@ -202,9 +212,10 @@ def _render(p: EvidencePacket) -> list[str]:
     lines += _comparison(p.comparison)
     lines += ["## Checks", ""]
     if p.checks:
-        lines += ["| check | passed | detail |", "|---|---|---|"]
+        lines += ["| check | passed | severity | detail |", "|---|---|---|---|"]
         lines += [
-            f"| {cell(c.name)} | {'yes' if c.passed else '**NO**'} | {cell(c.detail)} |"
+            f"| {cell(c.name)} | {'yes' if c.passed else '**NO**'} | {c.severity} "
+            f"| {cell(c.detail)} |"
             for c in p.checks
         ]
     else:

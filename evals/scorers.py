@@ -3,9 +3,6 @@
 NaN means "could not be scored" (no output, an error); downstream, NaN, inf and missing
 scores all count as failures, never as passes. A scorer never raises for a bad *output*;
 it raises `EvalError` only for misuse (a bad option, a schema keyword it cannot check).
-
-The LLM judge lives in `upgate.evals.judge`: it needs a configured judge endpoint and a
-pinned prompt version, so it is built with them rather than looked up by name.
 """
 
 from __future__ import annotations

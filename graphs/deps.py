@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 
 from upgate.config import Settings, TargetManifest
+from upgate.deploy.base import Deployer
+from upgate.deploy.registry import DeployParts, deployer_for
 from upgate.deploy.vllm import VllmAdmin
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.evals.suite import Suite
@@ -21,6 +24,7 @@ from upgate.ledger import Ledger
 from upgate.policy import Policy
 from upgate.sandboxes.base import Mount, Sandbox
 from upgate.store import Store
+from upgate.target_tree import TargetTrees
 
 SandboxFactory = Callable[[list[Mount]], Sandbox]
 
@@ -53,3 +57,19 @@ class Deps:
     def state_dir(self) -> Path:
         """The state folder."""
         return self.settings.state_dir
+
+    @cached_property
+    def trees(self) -> TargetTrees:
+        """The target's exported trees, cached by commit (read-only; sandboxes copy them)."""
+        return TargetTrees(self.settings.target.path, self.state_dir / "trees")
+
+    def base_tree(self) -> Path:
+        """The target's tree at its base branch now."""
+        return self.trees.at(self.settings.target.base_branch)
+
+    def deployer(self, target: str) -> Deployer:
+        """The deployer for a target tag ("git", "vllm"), built from these parts."""
+        return deployer_for(target, DeployParts(
+            repo=self.settings.target.path, base_branch=self.settings.target.base_branch,
+            store=self.store, admin=self.admin, alias=self.manifest.model_alias,
+        ))

@@ -3,10 +3,6 @@ idempotency key, so a node that runs again after a crash records (and deploys) o
 
 from __future__ import annotations
 
-import json
-import logging
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +15,18 @@ from upgate.agents.critic import CriticContext, critique
 from upgate.agents.proposer import propose
 from upgate.agents.recipes.registry import RECIPES
 from upgate.approvals import check_decision
-from upgate.deploy.git import branch_name, delete_branch, deploy_branch
+from upgate.deploy.registry import TARGET_BY_KIND
 from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
 from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
+from upgate.graphs.hitl import hitl_request
 from upgate.graphs.lineage import lineage, model_ref, versions
 from upgate.graphs.state import CycleState
-from upgate.hashing import sha256_text, sha256_tree
+from upgate.hashing import sha256_text
 from upgate.notify.events import outbox_for
-from upgate.records import Candidate, Decision, Proposal, Verdict
-
-log = logging.getLogger(__name__)
+from upgate.records import Candidate, Decision, Deployment, Proposal, Verdict
+from upgate.target_tree import read_prompting, resolve_commit
 
 
 def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str, Any],
@@ -42,36 +38,12 @@ def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str
     deps.ledger.append(state["cycle_id"], node, event, payload, key=key, outbox=outbox)
 
 
-def export_tree(repo: Path, ref: str, dest: Path) -> Path:
-    """A clean copy of the target at `ref` (committed files only, no .git)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", "--format=tar", ref],
-        capture_output=True, check=False,
-    )
-    if archive.returncode != 0:
-        raise UpgateError(
-            f"cannot read {ref!r} of the target {repo}: {archive.stderr.decode().strip()}; "
-            "target.path must be a git repository with that branch (target.base_branch)"
-        )
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    return dest
-
-
-def _with_tree(deps: Deps) -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="upgate-target-")
-
-
 def baseline_identity(deps: Deps) -> dict[str, str]:
     """What the candidate is compared against: target commit, served version, suite."""
-    proc = subprocess.run(
-        ["git", "-C", str(deps.settings.target.path), "rev-parse",
-         deps.settings.target.base_branch], capture_output=True, text=True, check=False,
-    )
     alias = deps.manifest.model_alias
     active = deps.store.active_version(alias) if alias else None
     return {
-        "commit": proc.stdout.strip(),
+        "commit": resolve_commit(deps.settings.target.path, deps.settings.target.base_branch),
         "model_version": active["version_name"] if active else "initial",
         "suite": deps.suite.version_id,
     }
@@ -87,7 +59,7 @@ def exhausted_recipes(deps: Deps, baseline: dict[str, str]) -> dict[str, str]:
     for e in deps.ledger.entries():
         p = e.payload
         if (e.node == "record" and e.event == "rejected" and p.get("baseline") == baseline
-                and str(p.get("reason", "")).startswith("critic:") and p.get("recipe")):
+                and p.get("rejected_by") == "critic" and p.get("recipe")):
             out[str(p["recipe"])] = str(p["reason"])[:200]
     return out
 
@@ -99,13 +71,7 @@ def observe(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     alias = deps.manifest.model_alias or deps.manifest.base_model or ""
     evidence: dict[str, Any] = {"target": deps.manifest.name, "suite": deps.suite.version_id,
                                 "baseline": baseline_identity(deps)}
-    with _with_tree(deps) as tmp:
-        tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
-                           Path(tmp))
-        prompt = (tree / deps.manifest.prompt_file).read_text() if deps.manifest.prompt_file else ""
-        shots: list[Any] = []
-        if deps.manifest.config_file:
-            shots = json.loads((tree / deps.manifest.config_file).read_text()).get("few_shot", [])
+    prompt, shots = read_prompting(deps.base_tree(), deps.manifest)
     if alias and visible:
         results = deps.harness.run(
             visible, base_url=deps.settings.serving.openai_url, model=alias,
@@ -189,23 +155,20 @@ def implement_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     proposal = Proposal.model_validate(state["proposal"])
     attempt = state.get("revisions", 0)
-    with _with_tree(deps) as tmp:
-        tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
-                           Path(tmp))
-        ctx = CoderContext(
-            target_tree=tree, manifest=deps.manifest,
-            visible_cases=[c.model_dump(mode="json") for c in deps.suite.split("visible")],
-            sandbox=deps.sandbox, train_sandbox=deps.train_sandbox,
-            base_model_path=deps.settings.serving.base_model_path,
-            artifacts_dir=deps.state_dir / "artifacts", model=deps.coder,
-            made_by=model_ref(deps, "coder"),
-            retries=deps.settings.agents.coder.output_retries,
-        )
-        try:
-            candidate = implement(proposal, ctx, feedback=state.get("feedback", ""))
-        except (AgentOutputError, UpgateError) as exc:
-            _record(deps, state, "implement", "failed", {"reason": str(exc)}, attempt=attempt)
-            return {"outcome": "failed", "reason": f"coder: {exc}"}
+    ctx = CoderContext(
+        target_tree=deps.base_tree(), manifest=deps.manifest,
+        visible_cases=[c.model_dump(mode="json") for c in deps.suite.split("visible")],
+        sandbox=deps.sandbox, train_sandbox=deps.train_sandbox,
+        base_model_path=deps.settings.serving.base_model_path,
+        artifacts_dir=deps.state_dir / "artifacts", model=deps.coder,
+        made_by=model_ref(deps, "coder"),
+        retries=deps.settings.agents.coder.output_retries,
+    )
+    try:
+        candidate = implement(proposal, ctx, feedback=state.get("feedback", ""))
+    except (AgentOutputError, UpgateError) as exc:
+        _record(deps, state, "implement", "failed", {"reason": str(exc)}, attempt=attempt)
+        return {"outcome": "failed", "reason": f"coder: {exc}"}
     for art in candidate.artifacts:
         deps.store.register_artifact(art.sha256, art.kind, art.name, Path(art.path))
     data = {**candidate.model_dump(mode="json"), "content_hash": candidate.content_hash}
@@ -228,22 +191,19 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     proposal = Proposal.model_validate(state["proposal"])
     candidate = _candidate(state)
     attempt = state.get("revisions", 0)
-    with _with_tree(deps) as tmp:
-        tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
-                           Path(tmp))
-        ctx = CriticContext(
-            suite=deps.suite, manifest=deps.manifest, policy=deps.policy, target_tree=tree,
-            sandbox=deps.sandbox, harness=deps.harness,
-            serving_url=deps.settings.serving.openai_url, admin=deps.admin, model=deps.critic,
-            made_by=model_ref(deps, "critic"),
-            retries=deps.settings.agents.critic.output_retries, versions=versions(deps),
-            cycle_id=state["cycle_id"], suite_path=deps.settings.target.suite,
-        )
-        try:
-            verdict = critique(proposal, candidate, ctx)
-        except (AgentOutputError, UpgateError) as exc:
-            _record(deps, state, "critique", "failed", {"reason": str(exc)}, attempt=attempt)
-            return {"outcome": "failed", "reason": f"critic: {exc}"}
+    ctx = CriticContext(
+        suite=deps.suite, manifest=deps.manifest, policy=deps.policy,
+        target_tree=deps.base_tree(), sandbox=deps.sandbox, harness=deps.harness,
+        serving_url=deps.settings.serving.openai_url, admin=deps.admin, model=deps.critic,
+        made_by=model_ref(deps, "critic"),
+        retries=deps.settings.agents.critic.output_retries, versions=versions(deps),
+        cycle_id=state["cycle_id"], suite_path=deps.settings.target.suite,
+    )
+    try:
+        verdict = critique(proposal, candidate, ctx)
+    except (AgentOutputError, UpgateError) as exc:
+        _record(deps, state, "critique", "failed", {"reason": str(exc)}, attempt=attempt)
+        return {"outcome": "failed", "reason": f"critic: {exc}"}
     write_packet(deps.state_dir, state["cycle_id"], verdict.evidence_hash,
                  verdict.evidence_json, verdict.evidence_markdown, verdict.evidence_svg)
     _record(deps, state, "critique", verdict.decision,
@@ -349,6 +309,9 @@ def approve(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         "baseline_score": verdict.baseline_score,
         "candidate_score": verdict.candidate_score,
         "error": state.get("approval_error", ""),
+        # LangChain's human-in-the-loop request shape, so HITL front ends can show it.
+        **hitl_request(request, list(verdict.reasons), verdict.baseline_score,
+                       verdict.candidate_score),
     })
     try:
         decision = Decision.model_validate(raw)
@@ -413,86 +376,55 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         return {"outcome": "failed", "reason": reason}
     deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
     try:
-        if candidate.kind == "model":
-            result = _deploy_model(deps, state, candidate, deployment_id)
-        else:
-            git = deploy_branch(
-                deps.settings.target.path, base=deps.settings.target.base_branch,
-                branch=branch_name(state["cycle_id"]), diff=candidate.diff,
-                message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
-                deployment_id=deployment_id,
-            )
-            result = {"target": "git", **git.model_dump()}
+        deployment = deps.deployer(TARGET_BY_KIND[candidate.kind]).deploy(
+            candidate, deployment_id, cycle_id=state["cycle_id"],
+            message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
+        )
     except UpgateError as exc:
         _record(deps, state, "deploy", "failed", {"reason": str(exc)})
         return {"outcome": "failed", "reason": f"deploy: {exc}"}
+    result = deployment.model_dump(mode="json")
     _record(deps, state, "deploy", "deployed", {"deployment": result})
     return {"deployment": result, "outcome": "deployed"}
 
 
-def _deploy_model(deps: Deps, state: CycleState, candidate: Candidate,
-                  deployment_id: str) -> dict[str, Any]:
-    if deps.admin is None:
-        raise UpgateError("no vLLM server configured ([serving] base_url)")
-    alias = deps.manifest.model_alias
-    if not alias:
-        raise UpgateError("the target manifest names no [model] alias to swap")
-    adapter = next(a for a in candidate.artifacts if a.kind == "adapter")
-    previous = deps.store.active_version(alias)
-    served = deps.admin.models().get(alias)
-    path = Path(adapter.path)
-    deps.admin.ensure_loaded(adapter.name, path, expected_sha256=adapter.sha256)
-    if previous is None and served is not None and served.root:
-        # Keep what the alias served before upgate's first swap loadable for rollback,
-        # under the content hash it has now, which every later load re-checks.
-        initial = sha256_tree(Path(served.root))
-        deps.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
-                                 "initial", "initial")
-        deps.admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
-        previous = deps.store.active_version(alias)
-    deps.admin.point_alias(alias, path, expected_sha256=adapter.sha256)
-    deps.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
-                             state["cycle_id"])
-    return {"target": "vllm", "deployment_id": deployment_id, "alias": alias,
-            "version_name": adapter.name, "adapter_sha256": adapter.sha256,
-            "previous": previous}
+def _live_check(deps: Deps, model: str, expected_scores: dict[str, float]) -> dict[str, Any]:
+    """The live model must answer as the critic measured the candidate, on the same cases."""
+    cases = [c for c in deps.suite.split("visible") if c.id in expected_scores]
+    cases = cases[: deps.monitor_cases]
+    prompt, shots = read_prompting(deps.base_tree(), deps.manifest)
+    live = deps.harness.run(
+        cases, base_url=deps.settings.serving.openai_url, model=model,
+        system_prompt=prompt, few_shot=shots, labels=deps.suite.labels,
+        scorer=deps.suite.scorer, scorer_options=deps.suite.scorer_options,
+    )
+    errors = sum(r.error is not None for r in live)
+    score = sum(r.score for r in live if r.score == r.score) / max(len(live), 1)
+    expected = sum(expected_scores[c.id] for c in cases) / max(len(cases), 1)
+    tolerance = deps.policy.thresholds.monitor_tolerance
+    return {"checked": True, "cases": len(live), "errors": errors,
+            "live_score": round(score, 3), "critic_score": round(expected, 3),
+            "tolerance": tolerance,
+            "regressed": not cases or errors > 0 or score < expected - tolerance}
 
 
 def monitor(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
-    """Post-deploy check on the live target; a regression sends the cycle to rollback."""
+    """Post-deploy check: the deployment is in place and, for a served model, answers as
+    the critic measured; a regression sends the cycle to rollback."""
     deps = runtime.context
-    deployment = state.get("deployment") or {}
+    deployment = Deployment.model_validate(state["deployment"])
     verdict = state.get("verdict") or {}
+    try:
+        health = deps.deployer(deployment.target).verify(deployment)
+    except UpgateError as exc:
+        _record(deps, state, "monitor", "failed", {"reason": str(exc)})
+        return {"outcome": "failed", "reason": f"monitor: {exc}"}
     result: dict[str, Any] = {"checked": False}
-    if deployment.get("target") == "vllm":
-        # The live alias must answer as the critic measured the candidate, on the same cases.
-        expected_scores: dict[str, float] = verdict.get("visible_case_scores") or {}
-        cases = [c for c in deps.suite.split("visible") if c.id in expected_scores]
-        cases = cases[: deps.monitor_cases]
-        with _with_tree(deps) as tmp:
-            tree = export_tree(deps.settings.target.path, deps.settings.target.base_branch,
-                               Path(tmp))
-            prompt_file = deps.manifest.prompt_file
-            prompt = (tree / prompt_file).read_text() if prompt_file else ""
-            shots: list[Any] = []
-            if deps.manifest.config_file:
-                config = json.loads((tree / deps.manifest.config_file).read_text())
-                shots = config.get("few_shot", [])
-        live = deps.harness.run(
-            cases, base_url=deps.settings.serving.openai_url, model=deployment["alias"],
-            system_prompt=prompt, few_shot=shots, labels=deps.suite.labels,
-            scorer=deps.suite.scorer, scorer_options=deps.suite.scorer_options,
-        )
-        errors = sum(r.error is not None for r in live)
-        n = max(len(live), 1)
-        score = sum(r.score for r in live if r.score == r.score) / n
-        expected = sum(expected_scores[c.id] for c in cases) / max(len(cases), 1)
-        tolerance = deps.policy.thresholds.monitor_tolerance
-        result = {"checked": True, "cases": len(live), "errors": errors,
-                  "live_score": round(score, 3), "critic_score": round(expected, 3),
-                  "tolerance": tolerance,
-                  "regressed": not cases or errors > 0 or score < expected - tolerance}
-    _record(deps, state, "monitor", "regression" if result.get("regressed") else "healthy", result)
+    if health.healthy and deployment.alias:
+        result = _live_check(deps, deployment.alias, verdict.get("visible_case_scores") or {})
+    result = {**result, "in_place": health.healthy, "placement": health.detail,
+              "regressed": bool(result.get("regressed")) or not health.healthy}
+    _record(deps, state, "monitor", "regression" if result["regressed"] else "healthy", result)
     return {"monitor": result}
 
 
@@ -502,26 +434,33 @@ def after_monitor(state: CycleState) -> str:
 
 
 def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
-    """Restore the previous version (idempotent)."""
+    """Restore the version before (idempotent); say so when there is none to restore."""
     deps = runtime.context
-    deployment = state.get("deployment") or {}
-    detail: dict[str, Any] = {}
+    deployment = Deployment.model_validate(state["deployment"])
     try:
-        if deployment.get("target") == "vllm" and deps.admin is not None:
-            previous = deployment.get("previous")
-            if previous:
-                deps.admin.point_alias(deployment["alias"], Path(previous["path"]),
-                                       expected_sha256=previous["sha256"])
-                deps.store.reactivate(deployment["alias"], previous["deployment_id"])
-                detail = {"restored": previous["version_name"]}
-        elif deployment.get("target") == "git":
-            detail = {"branch_deleted": delete_branch(deps.settings.target.path,
-                                                      deployment["branch"])}
+        result = deps.deployer(deployment.target).rollback(deployment)
     except UpgateError as exc:
         _record(deps, state, "rollback", "failed", {"reason": str(exc)})
         return {"outcome": "failed", "reason": f"rollback failed: {exc}"}
+    detail = {"status": result.status, **result.detail}
+    if not result.restored:
+        _record(deps, state, "rollback", "not_restored", detail)
+        return {"outcome": "failed",
+                "reason": "post-deploy regression, and nothing to roll back to: "
+                          f"{deployment.deployment_id} stays live ({result.status})"}
     _record(deps, state, "rollback", "rolled_back", detail)
     return {"outcome": "rolled_back", "reason": "post-deploy regression"}
+
+
+def _rejected_by(state: CycleState) -> str | None:
+    """Who rejected the cycle, from the typed state (not from the reason's text)."""
+    if state.get("outcome") != "rejected":
+        return None
+    if (state.get("approval") or {}).get("action") == "reject":
+        return "approver"
+    if (state.get("verdict") or {}).get("decision") in ("revise", "reject"):
+        return "critic"
+    return "policy"
 
 
 def record(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
@@ -531,6 +470,7 @@ def record(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     _record(deps, state, "record", state.get("outcome", "failed"), {
         "outcome": state.get("outcome"), "reason": state.get("reason", ""),
         "recipe": proposal.get("recipe"), "kind": proposal.get("kind"),
+        "rejected_by": _rejected_by(state),
         "baseline": (state.get("observation") or {}).get("baseline"),
         "versions": versions(deps), "deployment": state.get("deployment"),
     })

@@ -22,7 +22,7 @@ from langgraph.types import Command
 
 from upgate.admin import replay
 from upgate.approvals import sign, signature_valid
-from upgate.errors import ApprovalError, UpgateError
+from upgate.errors import ApprovalError
 from upgate.graphs.builder import compile_graph, sqlite_checkpointer
 from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
@@ -278,14 +278,11 @@ class Runner:
             self.deps.ledger.append(cycle_id, "record", "cancelled",
                                     {"by": person, "reason": reason},
                                     key=f"{cycle_id}/record/cancelled")
-            if snap.values:
-                try:
-                    self.graph.update_state(
-                        self._config(cycle_id),
-                        {"outcome": "cancelled", "reason": f"cancelled by {person}: {reason}"},
-                        as_node="record")
-                except (UpgateError, ValueError) as exc:  # pragma: no cover - defensive
-                    log.warning("cancel %s: %s", cycle_id, exc)
+            if snap.values:  # ends the thread: nothing waits, nothing resumes
+                self.graph.update_state(
+                    self._config(cycle_id),
+                    {"outcome": "cancelled", "reason": f"cancelled by {person}: {reason}"},
+                    as_node="record")
             return self.state(cycle_id)
 
     def _cancelled(self, cycle_id: str) -> bool:

@@ -157,6 +157,15 @@ class Sandbox(abc.ABC):
     def diff(self) -> str:
         """Unified diff (git format, binary-safe) of the workspace against the baseline."""
 
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Empty the workspace (and scratch folders) of a started sandbox and forget the
+        baseline, so it can be lent again (SandboxPool does); SandboxError if it cannot."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """What this backend isolates and enforces, and what it does not, in plain words."""
+
     def apply_diff(self, patch: str) -> ExecResult:
         """Apply a unified diff to the workspace; a bad patch is a failed result."""
         self.write_file(".upgate-patch.diff", patch)

@@ -42,7 +42,7 @@ from upgate.sandboxes.base import (
     workspace_path,
 )
 from upgate.sandboxes.config import DockerSandboxConfig
-from upgate.sandboxes.fake import DIFF_OUTPUT_BYTES, baseline_diff, record_baseline
+from upgate.sandboxes.gitbaseline import DIFF_OUTPUT_BYTES, baseline_diff, record_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ class DockerSandbox(Sandbox):
             buf.seek(0)
             with self._lock:
                 self._put_archive(self._require(), buf)
-        self._baseline = record_baseline(self)
+        self._baseline = record_baseline(self._script)
 
     def copy_out(self, path: str, dest: Path) -> None:
         """Copy a workspace file or folder (without .git) to `dest` on the host."""
@@ -525,9 +525,12 @@ class DockerSandbox(Sandbox):
 
     def diff(self) -> str:
         """Binary-safe git diff of the workspace against the copy_in baseline."""
-        return baseline_diff(self, self._baseline)
+        return baseline_diff(self._script, self._baseline)
 
-    def reset_workspace(self) -> None:
+    def _script(self, script: str, timeout_s: float, max_output_bytes: int) -> ExecResult:
+        return self._exec(["sh", "-c", script], timeout_s, WORKSPACE, None, max_output_bytes)
+
+    def reset(self) -> None:
         """Empty /workspace, /tmp and /dev/shm for the next run (used by SandboxPool)."""
         result = self._exec(
             ["sh", "-c", "find /workspace /tmp /dev/shm -mindepth 1 -delete"],

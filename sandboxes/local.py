@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from upgate.errors import SandboxError, SandboxUnavailableError
 from upgate.sandboxes.base import WORKSPACE, ExecResult, LimitName, Mount
 from upgate.sandboxes.config import LocalSandboxConfig, parse_size
-from upgate.sandboxes.fake import HostDirSandbox, run_host_process
+from upgate.sandboxes.hostdir import HostDirSandbox
+from upgate.sandboxes.process import run_host_process
 
 SANDBOX_PATH = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
 SANDBOX_TMP = "/tmp"  # noqa: S108 (a private tmpfs inside the jail, not the host's /tmp)

@@ -89,10 +89,7 @@ class SandboxPool:
     def _give_back(self, sandbox: Sandbox, healthy: bool) -> None:
         if healthy and not self._closed:
             try:
-                reset = getattr(sandbox, "reset_workspace", None)
-                if reset is None:
-                    raise SandboxError("backend cannot reset a workspace")
-                reset()
+                sandbox.reset()
                 self._idle.put(sandbox)
                 return
             except SandboxError as exc:

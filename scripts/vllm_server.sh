@@ -98,6 +98,20 @@ cmd_start() {
     log "starting vLLM on $URL (log: $LOG)"
     # setsid: the server and its engine process get their own process group, so 'stop'
     # can end them together and a closing terminal does not.
+    #
+    # CPU settings for a small machine shared with sandboxes and training:
+    # - VLLM_CPU_OMP_THREADS_BIND: vLLM's default ("auto") reserves a core for its engine
+    #   process and pins the model's OpenMP thread to another one, so on 2 cores every
+    #   request waits for that one core even while the other is free. "nobind" lets the
+    #   kernel place the thread (vLLM then runs one torch thread unless OMP_NUM_THREADS
+    #   says more).
+    # - OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep at a barrier instead of spinning, so
+    #   an idle or waiting server does not take cores from the processes beside it (the
+    #   LoRA training script does the same; busy-waiting made its steps 10x slower when
+    #   cores were shared).
+    # Both can be overridden from the environment (UPGATE_VLLM_OMP_BIND, OMP_WAIT_POLICY).
+    VLLM_CPU_OMP_THREADS_BIND="${UPGATE_VLLM_OMP_BIND:-nobind}" \
+    OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" \
     VLLM_CPU_KVCACHE_SPACE=1 \
     HF_HUB_OFFLINE=1 \
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True \

@@ -6,11 +6,12 @@ import json
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from upgate.evals.testing import OracleClient as OracleClient  # shared with the tests
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_TARGET = REPO / "examples" / "ticket-triage"
@@ -72,43 +73,6 @@ def write_config(tmp: Path, *, sandbox: str = "fake", base_url: str = "http://12
         f'[sandbox]\ntype = "{sandbox}"\n\n{agents}'
     )
     return cfg
-
-
-@dataclass
-class _Msg:
-    content: str
-
-
-@dataclass
-class _Choice:
-    message: _Msg
-
-
-@dataclass
-class _Resp:
-    choices: list[_Choice]
-
-
-class OracleClient:
-    """A stand-in OpenAI client for the harness: answers right when the request carries
-    few-shot examples (or when the model name is in `good_models`), else always `default`."""
-
-    def __init__(self, answers: dict[str, str], good_models: Sequence[str] = (),
-                 default: str = "billing") -> None:
-        self.answers = answers
-        self.good_models = set(good_models)
-        self.default = default
-        self.requests: list[dict[str, Any]] = []
-        self.chat = self
-        self.completions = self
-
-    def create(self, **kwargs: Any) -> _Resp:
-        self.requests.append(kwargs)
-        messages = kwargs["messages"]
-        ticket = messages[-1]["content"]
-        good = len(messages) > 2 or kwargs["model"] in self.good_models
-        label = self.answers.get(ticket, self.default) if good else self.default
-        return _Resp(choices=[_Choice(message=_Msg(content=label))])
 
 
 def suite_answers() -> dict[str, str]:

@@ -313,10 +313,27 @@ def remove_person(store: Store, ledger: Ledger, signer: Signer, name: str) -> No
 
 
 def add_service(store: Store, ledger: Ledger, signer: Signer, name: str, *,
-                public_key: str) -> None:
-    """An admin registers a service key (the approval service signs for people it logs in)."""
+                public_key: str | None = None, key_dir: Path | None = None) -> str:
+    """An admin registers a service key (the approval service signs for people it logs
+    in). Without `public_key` a key pair is made; its private key is written to `key_dir`
+    once the signed record is stored. Returns the public key."""
+    private = None
+    if public_key is None:
+        if key_dir is None:
+            raise IdentityError("give the service's public key, or a key folder to make one in")
+        private = Ed25519PrivateKey.generate()
+        public_key = public_hex(private.public_key())
+    folder = key_dir
+
+    def precheck() -> None:
+        if private is not None and folder is not None:
+            key_file_free(f"service:{name}", folder)
+
     _commit(store, ledger, replay(store, ledger), signer, "service.add",
-            {"name": name, "public_key": check_public_key(public_key)})
+            {"name": name, "public_key": check_public_key(public_key)}, precheck)
+    if private is not None and folder is not None:
+        write_key(f"service:{name}", folder, private)
+    return public_key
 
 
 def adopt_policy(store: Store, ledger: Ledger, signer: Signer, text: str, *,

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from upgate.approvals import prove_identity
-from upgate.cli_admin import init_command, policy_app
+from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_critique import critique_command
 from upgate.cli_notify import notify_app
@@ -26,7 +26,7 @@ from upgate.errors import EvalError, LedgerError, UpgateError
 from upgate.evidence_store import check_cycle_id, read_packet
 from upgate.graphs.runner import Runner, validate_cycle_id
 from upgate.graphs.state import CycleState
-from upgate.identity import default_key_dir, load_signer, person_key_id
+from upgate.identity import KeySigner, default_key_dir, load_signer, person_key_id
 from upgate.ledger import open_ledger
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ person_app = typer.Typer(help="People who may request and approve changes.",
 app.add_typer(person_app, name="person")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(policy_app, name="policy")
+app.add_typer(service_app, name="service")
 app.command("critique")(critique_command)
 app.add_typer(notify_app, name="notify")
 
@@ -71,7 +72,7 @@ def _runner(settings: Settings, for_cycles: bool = True) -> Runner:
 
 
 def _identify(runner: Runner, name: str, key_dir: Path | None,
-              role: str | tuple[str, ...]) -> Any:
+              role: str | tuple[str, ...]) -> KeySigner:
     """The caller's signer, after proving they hold `name`'s registered key and a role."""
     from upgate.admin import replay
 
@@ -216,7 +217,7 @@ def resume(cycle: Annotated[str | None, typer.Argument()] = None,
 @_guard
 def inbox(config: ConfigOpt = None) -> None:
     """List the cycles waiting for a human decision, with their evidence."""
-    runner = _runner(_settings(config))
+    runner = _runner(_settings(config), for_cycles=False)
     waiting = runner.inbox()
     if not waiting:
         console.print("inbox is empty")
@@ -340,7 +341,11 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
         return
     table = Table("seq", "at", "node", "event", "detail", "hash")
     for e in ledger.entries(cycle):
-        detail = {k: v for k, v in e.payload.items() if k != "lineage"}
+        # What a reader looks for first (who decided, why) leads; the rest follows.
+        lead = ("approver", "action", "outcome", "reason")
+        first: dict[str, Any] = {k: e.payload[k] for k in lead if k in e.payload}
+        detail: dict[str, Any] = {**first, **{k: v for k, v in e.payload.items()
+                              if k != "lineage" and k not in first}}
         table.add_row(*_cells(str(e.seq), e.at[11:19], e.node, e.event, str(detail)[:160],
                               e.hash[:10]))
     console.print(table)
@@ -401,6 +406,36 @@ def reconcile(config: ConfigOpt = None) -> None:
         err.print(Text.assemble(("refused", "red"), f" {line}"), highlight=False)
     if result["refused"]:
         raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Listen address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Listen port.")] = 8765,
+    secure_cookies: Annotated[bool, typer.Option(
+        help="Mark the session cookie Secure (when a TLS proxy fronts the service).")] = False,
+    service: Annotated[str, typer.Option(
+        help="The service's name: it signs decisions as service:NAME.")] = "approvals",
+    key_dir: Annotated[Path | None, typer.Option(
+        "--key-dir", help="Folder of the service's private key (default $UPGATE_KEY_DIR, "
+        "else ~/.config/upgate/keys); never inside the state folder.")] = None,
+) -> None:
+    """The approval service: HTTP API (docs at /docs) and the chat page, on one port."""
+    from upgate.identity import default_key_dir
+    from upgate.server.app import is_loopback
+    from upgate.server.app import serve as run_service
+    from upgate.server.keys import service_signer
+
+    runner = _runner(_settings(config))
+    signer = service_signer(runner, service, key_dir or default_key_dir())
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] listening on {host}, not loopback: put a TLS "
+                  "proxy in front (see the README) and pass --secure-cookies", highlight=False)
+    console.print(f"upgate approval service on http://{host}:{port}/ (API docs: /docs), "
+                  f"signing as {signer.key_id}", highlight=False)
+    run_service(runner, signer=signer, host=host, port=port, secure_cookies=secure_cookies)
 
 
 app.command("init")(_guard(init_command))

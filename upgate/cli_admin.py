@@ -36,6 +36,8 @@ console = Console(soft_wrap=True)
 
 policy_app = typer.Typer(help="The policy in force (adopted by an admin).",
                          no_args_is_help=True)
+service_app = typer.Typer(help="Service keys (the approval service signs for the people it "
+                          "logged in).", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="upgate.toml to use.")]
 AdminOpt = Annotated[str, typer.Option("--as", help="The acting admin (signs with their key).")]
@@ -146,6 +148,16 @@ def _person_list(config: ConfigOpt = None) -> None:
         _say(f"{name}: {', '.join(keyring.roles(name)) or '(no role)'}")
 
 
+def _service_add(name: str, as_: AdminOpt, public_key: PublicKeyOpt = None,
+                 config: ConfigOpt = None, key_dir: KeyDirOpt = None) -> None:
+    """An admin registers a service's public key (made in --key-dir when not given)."""
+    with _state(config) as (settings, store, ledger):
+        signer = _admin_signer(settings, as_, key_dir)
+        public_key = admin.add_service(store, ledger, signer, name, public_key=public_key,
+                                       key_dir=_key_dir(settings, key_dir))
+    _say(f"service:{name}: public key {public_key}")
+
+
 def _policy_adopt(file: Path, as_: AdminOpt, config: ConfigOpt = None,
                   key_dir: KeyDirOpt = None) -> None:
     """An admin adopts a policy file: from then on cycles run under it and no other."""
@@ -169,3 +181,4 @@ def register(person_app: typer.Typer, guard: Callable[[Any], Any]) -> None:
                      ("list", _person_list)):
         person_app.command(name)(guard(fn))
     policy_app.command("adopt")(guard(_policy_adopt))
+    service_app.command("add")(guard(_service_add))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -76,6 +76,8 @@ class TargetConfig(BaseModel):
 
     path: Path
     suite: Path
+    hidden_tests: Path | None = None
+    """Tests the owner keeps outside the target; only the critic runs them, in the sandbox."""
     base_branch: str = "main"
 
 
@@ -129,7 +131,8 @@ class Settings(BaseSettings):
 
 
 _PATH_KEYS = (("state_dir",), ("policy",), ("target", "path"), ("target", "suite"),
-              ("serving", "base_model_path"), ("witness", "path"), ("witness", "key_dir"))
+              ("target", "hidden_tests"), ("serving", "base_model_path"), ("witness", "path"),
+              ("witness", "key_dir"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -159,8 +162,19 @@ def find_config(explicit: Path | None = None) -> Path:
     return path
 
 
-def load_settings(path: Path | None = None) -> Settings:
-    """Load and validate settings; every error names the key and how to fix it."""
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+@overload
+def load_settings(path: Path | None = None) -> Settings: ...
+
+
+@overload
+def load_settings(path: Path | None, cls: type[SettingsT]) -> SettingsT: ...
+
+
+def load_settings(path: Path | None = None, cls: type[Settings] = Settings) -> Settings:
+    """Load and validate settings (as `cls`); every error names the key and how to fix it."""
     cfg = find_config(path)
     try:
         data = tomllib.loads(cfg.read_text())
@@ -168,7 +182,7 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(f"{cfg} is not valid TOML: {exc}") from exc
     _resolve_paths(data, cfg.parent.resolve())
     try:
-        settings = Settings(**data)
+        settings = cls(**data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, cfg)) from exc
     if not settings.state_dir.is_absolute():
@@ -210,6 +224,10 @@ class TargetManifest(BaseModel):
     sandbox_setup: str | None = None
     sandbox_packages: tuple[str, ...] = ()
     """Pinned packages (name==version) the target's tests need in the sandbox image."""
+    code_paths: tuple[str, ...] = ()
+    """`[code] paths`: where a code change may go (default: the package folders, `src/`)."""
+    test_paths: tuple[str, ...] = ()
+    """`[code] tests`: where the target's tests live (default: `tests/`, `test/`)."""
 
 
 _MANIFEST_KEYS: dict[str, tuple[str, ...]] = {
@@ -218,6 +236,7 @@ _MANIFEST_KEYS: dict[str, tuple[str, ...]] = {
     "prompt": ("file", "config_file", "labels"),
     "eval": ("suite",),
     "recipes": ("allowed",),
+    "code": ("paths", "tests"),
 }
 
 
@@ -258,6 +277,10 @@ def load_manifest(target_path: Path) -> TargetManifest:
                          ("labels", "labels")):
         if k_src in prompt:
             flat[k_dst] = prompt[k_src]
+    code = raw.get("code", {})
+    for k_src, k_dst in (("paths", "code_paths"), ("tests", "test_paths")):
+        if k_src in code:
+            flat[k_dst] = code[k_src]
     if "allowed" in raw.get("recipes", {}):
         flat["recipes"] = raw["recipes"]["allowed"]
     try:

@@ -141,6 +141,13 @@ def main() -> None:
         console.print("[bold]To reject it:[/bold]")
         console.print(f"  UPGATE_KEY_DIR={keys} {up} reject {cycle} --as bob "
                       f"--reason 'why' --config {config}", highlight=False, soft_wrap=True)
+        console.print("[bold]Or review, ask about the evidence and decide on the chat page:[/bold]")
+        console.print(f"  UPGATE_KEY_DIR={keys} {up} service add approvals --as alice "
+                      f"--config {config}   # once", highlight=False, soft_wrap=True)
+        console.print(f"  UPGATE_KEY_DIR={keys} {up} serve --config {config}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"  then open http://127.0.0.1:8765/?cycle={cycle} and log in as bob "
+                      f"(token in {root / 'tokens' / 'bob'})", highlight=False, soft_wrap=True)
     console.print("[bold]Then:[/bold]")
     console.print(f"  {up} history {cycle} --config {config}", highlight=False, soft_wrap=True)
     console.print(f"  {up} verify --config {config}", highlight=False, soft_wrap=True)

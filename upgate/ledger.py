@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from upgate.errors import LedgerError
+from upgate.errors import ConfigError, LedgerError
 from upgate.hashing import canonical_json, sha256_text
 from upgate.witness import (
     FileWitnessConfig,
@@ -222,7 +222,7 @@ class Ledger:
                 self._signer = load_ledger_key(self.key_dir, create=True)
             assert self._signer is not None
             self.witness.publish(self._signer.sign(seq, digest, at))
-        except WitnessError as exc:
+        except (WitnessError, ConfigError, OSError) as exc:
             log.error("ledger head %d was not witnessed: %s", seq, exc)
             return False
         if seq > self._seen():

@@ -140,7 +140,10 @@ def load_ledger_key(key_dir: Path, *, create: bool) -> HeadSigner | None:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return load_ledger_key(key_dir, create=False)
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
         log.warning("created the ledger key %s; keep it outside the state folder", path)

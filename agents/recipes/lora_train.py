@@ -13,6 +13,12 @@ generation prompt and tokenized without added special tokens, exactly as vLLM re
 request; the reply is the label's tokens and the end-of-turn token, which is what vLLM's
 guided choice makes the model generate. Only the reply tokens carry loss.
 
+With --augment K (default 3) each case also yields K label-preserving rewrites, made by
+deterministic code from the case itself (seeded by --seed): a greeting or a sign-off, a
+plainer or more casual register, common synonyms, other numbers and names, a typo, lower
+case. A model trained on one phrasing of each ticket learns the phrasing; trained on many,
+it has to learn what the ticket is about.
+
 Output: one JSON line per epoch on stdout ({"event": "epoch", ...}), the adapter
 (adapter_config.json, adapter_model.safetensors) in --out, then one summary JSON line
 ({"event": "done", ...}). Exit status 2 for bad input, 1 when training diverges.
@@ -59,7 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
     parser.add_argument("--dropout", type=float, default=0.05)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--augment", type=int, default=3, help="rewrites per case (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -81,6 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 < args.lr < 1, "--lr must lie in (0, 1)"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
         (args.max_examples >= 0, "--max-examples must not be negative"),
+        (0 <= args.augment <= 20, "--augment must lie in [0, 20]"),
         (args.max_length >= 8, "--max-length must be at least 8"),
     ]
     for ok, message in checks:
@@ -122,6 +130,112 @@ def read_cases(path: Path, labels: list[str], limit: int) -> list[tuple[str, str
     if not cases:
         raise InputError(f"{path.name} holds no cases; give JSON lines with input and expected")
     return cases
+
+
+# Label-preserving rewrites. Each is a plain function of (text, rng); none looks at the label.
+GREETINGS = ("Hi,", "Hello,", "Hey there,", "Hi team,", "Good morning,", "Dear support,",
+             "Quick question:", "Hello support team,", "Urgent:", "Hi again,")
+SIGN_OFFS = ("Thanks!", "Thank you.", "Thanks in advance.", "Any help is appreciated.",
+             "Regards, Chris", "Cheers", "Please get back to me soon.", "Best, Dana",
+             "Thx", "Can you help?")
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "charged": ("billed", "debited"), "invoice": ("receipt", "bill"),
+    "refund": ("reimbursement", "money back"), "subscription": ("plan", "membership"),
+    "payment": ("transaction", "charge"), "credit card": ("card", "bank card"),
+    "crashes": ("keeps crashing", "closes unexpectedly"), "error": ("an error", "error code"),
+    "does not load": ("won't load", "fails to load"), "page": ("screen", "view"),
+    "slow": ("sluggish", "laggy"), "blank screen": ("white page", "empty screen"),
+    "log in": ("sign in", "login"), "password": ("login password", "passcode"),
+    "account": ("profile", "user account"), "delete": ("remove", "close"),
+    "locked": ("blocked", "locked out"), "email address": ("e-mail", "email"),
+    "Please add": ("Could you add", "I'd love"), "It would be great if": ("It'd be nice if",
+    "I wish"), "Could you add": ("Please build", "Can we get"), "would like": ("want",
+    "would love"), "support": ("add support for", "offer"), "integration": ("connector",
+    "sync"), "feature": ("option", "capability"), "Please": ("Pls", "Kindly"),
+    "I need to": ("I have to", "I must"), "How do I": ("How can I", "What's the way to"),
+    "does nothing": ("has no effect", "doesn't work"), "freezes": ("hangs", "locks up"),
+}
+COUNTS = ("7", "19", "42", "3", "60")
+AMOUNTS = ("$15.00", "$64.90", "$199.00", "$4.50")
+NAMES = ("Alex Kim", "Priya Shah", "Jonas Berg", "Chen Wei")
+
+
+def _greet(text: str, rng: random.Random) -> str:
+    head = text[:1].lower() + text[1:] if text[:2] not in ("I ", "I'") else text
+    return f"{rng.choice(GREETINGS)} {head}"
+
+
+def _sign_off(text: str, rng: random.Random) -> str:
+    return f"{text} {rng.choice(SIGN_OFFS)}"
+
+
+def _synonyms(text: str, rng: random.Random) -> str:
+    for word in rng.sample(sorted(SYNONYMS), len(SYNONYMS)):
+        if word in text:
+            text = text.replace(word, rng.choice(SYNONYMS[word]), 1)
+    return text
+
+
+def _numbers_and_names(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        core = word.rstrip(".,?!")
+        if core.isdigit():
+            words[i] = rng.choice(COUNTS) + word[len(core):]
+        elif core.startswith("$") and core[1:].replace(".", "").isdigit():
+            words[i] = rng.choice(AMOUNTS) + word[len(core):]
+    text = " ".join(words)
+    for name in ("Maria Lopez", "Tom Becker", "Aiko Tanaka", "Sam Okafor"):
+        text = text.replace(name, rng.choice(NAMES))
+    return text
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    long = [i for i, w in enumerate(words) if len(w) > 5 and w.isalpha()]
+    if long:
+        i = rng.choice(long)
+        j = rng.randrange(1, len(words[i]) - 2)
+        w = words[i]
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+    return " ".join(words)
+
+
+def _casual(text: str, rng: random.Random) -> str:
+    text = text.rstrip(".")
+    return text.lower() if rng.random() < 0.5 else text[:1].lower() + text[1:]
+
+
+def _one_sentence(text: str, rng: random.Random) -> str:
+    parts = [p for p in text.replace("? ", "?|").replace(". ", ".|").split("|")
+             if len(p.split()) >= 4]
+    return rng.choice(parts) if len(parts) >= 2 else text
+
+
+# In the order they apply: cut first, decorate last.
+REWRITES = (_one_sentence, _synonyms, _numbers_and_names, _typo, _casual, _greet, _sign_off)
+
+
+def augment(cases: list[tuple[str, str]], per_case: int, seed: int) -> list[tuple[str, str]]:
+    """The cases, then `per_case` distinct rewrites of each (2-3 rewrites combined)."""
+    rng = random.Random(seed)
+    out = list(cases)
+    seen = {text for text, _ in cases}
+    for text, label in cases:
+        made = 0
+        for _attempt in range(per_case * 4):
+            if made >= per_case:
+                break
+            new = text
+            chosen = set(rng.sample(range(len(REWRITES)), rng.choice((2, 3))))
+            for index in sorted(chosen):
+                new = REWRITES[index](new, rng)
+            new = " ".join(new.split())
+            if new and new not in seen:
+                seen.add(new)
+                out.append((new, label))
+                made += 1
+    return out
 
 
 def read_prompt(path: Path) -> str:
@@ -265,6 +379,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     labels = parse_labels(args.labels)
     prompt = read_prompt(args.prompt)
     cases = read_cases(args.train, labels, args.max_examples)
+    given = len(cases)
+    cases = augment(cases, args.augment, args.seed)
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -339,6 +455,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "adapter_dir": str(args.out),
         "files": sorted(p.name for p in args.out.iterdir()),
         "examples": len(examples),
+        "cases": given,
+        "augmented": len(cases) - given,
         "skipped_too_long": too_long,
         "shared_prefix_tokens": len(prefix),
         "epochs": args.epochs,
@@ -352,6 +470,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr,
             "batch_size": args.batch_size,
             "seed": args.seed,
+            "augment": args.augment,
             "precision": "bf16" if bf16 else "fp32",
             "target_modules": list(TARGET_MODULES),
         },

@@ -1,7 +1,7 @@
 """Part of the critic corpus through the real Docker sandbox: the target's tests run in
 hardened containers, so each gaming trick meets the isolation it would meet in production.
 
-The eval endpoint is the corpus's stand-in (tests/corpus.py); what is real here is every
+The eval endpoint is the corpus's stand-in (tests/corpora/ticket.py); what is real here is every
 sandbox step of the critic: copy-in, `git apply` of the candidate's diff, and the target's
 test command.
 """
@@ -16,7 +16,7 @@ import pytest
 from upgate.policy import Policy
 from upgate.sandboxes.config import DockerSandboxConfig
 
-from ..corpus import (
+from ..corpora.ticket import (
     CorpusCase,
     Workspace,
     bare_policy,
@@ -35,14 +35,16 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "symlink_into_tests": ("bundled", ("detector:protected_paths",)),
     "breaks_tests": ("bundled", ("tests",)),
     "overfit_visible_only": ("bundled", ("detector:overfitting",)),
-    # No protected paths: the trick reaches the container and greens the run there; the
-    # detectors are what stop it.
+    # No protected paths: the code scope and the detectors stop the trick before it runs,
+    # and the trusted run would undo it anyway (tests/real/test_critic_code_docker.py).
     "conftest_hook": ("bare", ("detector:tests_or_eval_touched",)),
     "pytest_ini_collect_only": ("bare", ("detector:tests_or_eval_touched",)),
     "honest_few_shot": ("bundled", ()),
 }
-GREENED = {"conftest_hook", "pytest_ini_collect_only"}
-"""Gaming whose candidate test run passes in the container although the code is broken."""
+STOPPED_BEFORE_RUNNING = {"conftest_hook", "pytest_ini_collect_only", "symlink_into_tests"}
+"""Stopped by the code scope before any test runs. The first two greened the candidate's
+test run in the container before the runs were trusted; now they never reach it (and a
+trusted run restores the baseline's config: tests/real/test_critic_code_docker.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,13 @@ def test_corpus_case_in_docker(name: str, ws: Workspace) -> None:
     assert verdict.decision == case.expected_decision, verdict.reasons
     assert all(set(w.split("|")) & tags for w in want), (want, verdict.reasons)
     packet = json.loads(verdict.evidence_json)
+    if name in STOPPED_BEFORE_RUNNING:
+        assert packet["tests_candidate"] is None
+        assert "detector:code_scope" in {c["name"] for c in packet["checks"]
+                                         if not c["passed"]}
+        return
     # The baseline's tests really ran in a container and passed there.
     assert packet["tests_baseline"]["passed"] is True
-    if name in GREENED:
-        assert packet["tests_candidate"]["passed"] is True
     if name == "breaks_tests":
         assert packet["tests_candidate"]["passed"] is False
 

@@ -70,15 +70,14 @@ def test_lora_cycle_on_real_parts_reaches_approval_and_swaps_the_served_model(
         ledger = open_ledger(tmp_path / "state")
         cycle = ledger.cycles()[-1]
         assert served_root(vllm_root, "triage") == before  # nothing swapped before approval
-        if "waits for a human decision" not in run.stdout:
-            # The 135M proposer chose the training arguments; the critic may honestly find
-            # the adapter wanting. That outcome must be recorded and explained, and then
-            # there is nothing to approve in this run.
-            last = ledger.entries(cycle)[-1]
-            assert (last.node, last.event) == ("record", "rejected"), run.stdout
-            assert last.payload["reason"].startswith("critic:")
-            assert ledger.verify().ok
-            pytest.skip(f"the critic rejected this run's adapter: {last.payload['reason']}")
+        # The proposer only chooses among LoRA settings that train well, and the recipe
+        # widens the visible split with rewrites, so the adapter must pass the critic: a
+        # rejection here is a failure of the recipe, reported with the critic's reason.
+        last = ledger.entries(cycle)[-1]
+        assert "waits for a human decision" in run.stdout, (
+            f"the cycle ended {last.node}/{last.event}: {last.payload.get('reason')}\n"
+            + run.stdout[-3000:]
+        )
 
         inbox = upgate("inbox", "--config", str(config))
         assert cycle in inbox.stdout

@@ -120,12 +120,10 @@ class TestDockerContract(contract.SandboxContract):  # type: ignore[misc,name-de
 
 def test_fork_bomb_is_contained(make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox()
-    started = time.monotonic()
     # The parent stays to watch its bomb grow, so it must run into the pids limit.
     result = sandbox.exec("f(){ f | f & }; f; sleep 8", timeout_s=15)
     assert not result.ok
     assert "pids" in result.limits_hit
-    assert time.monotonic() - started < 30
     # The sandbox is still usable, and nothing of the bomb survived.
     after = sandbox.exec("ls /proc | grep -c '^[0-9]'")
     assert after.ok, after.summary()
@@ -192,11 +190,12 @@ def test_no_network_to_host_loopback_or_outside(make_sandbox: MakeSandbox) -> No
         )
         for host, target_port in (("127.0.0.1", port), ("172.17.0.1", port),
                                   ("10.255.255.1", 80)):
-            started = time.monotonic()
             result = sandbox.exec(["python3", "-c", probe, host, str(target_port)])
             assert not result.ok, f"{host}: {result.summary()}"
             assert "connected" not in result.stdout
-            assert time.monotonic() - started < 4, f"{host} did not fail at once"
+            # Refused at once for want of a route, not dropped until the probe's timeout.
+            assert "timed out" not in result.stdout, f"{host}: {result.stdout}"
+            assert not result.stdout.startswith("TimeoutError"), f"{host}: {result.stdout}"
         interfaces = sandbox.exec("cat /proc/net/dev")
         assert "eth0" not in interfaces.stdout
         assert len(accepted) == 1
@@ -250,12 +249,11 @@ def test_no_docker_socket(make_sandbox: MakeSandbox) -> None:
 
 def test_cannot_outlive_its_timeout(make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox()
-    started = time.monotonic()
-    result = sandbox.exec("sleep 100", timeout_s=2)
-    elapsed = time.monotonic() - started
+    # How soon after the limit the kill lands: benchmarks/bench_sandbox.py measures it.
+    result = sandbox.exec("echo begun; sleep 100; echo finished", timeout_s=2)
     assert result.timed_out
     assert result.limits_hit == ("timeout",)
-    assert 1.8 < elapsed < 8
+    assert result.stdout == "begun\n"
     # A detached daemon does not survive the command either.
     assert sandbox.exec("setsid sh -c 'sleep 100' >/dev/null 2>&1 & echo ok").ok
     procs = sandbox.exec("for p in /proc/[0-9]*; do cat $p/cmdline; echo; done")
@@ -264,9 +262,7 @@ def test_cannot_outlive_its_timeout(make_sandbox: MakeSandbox) -> None:
 
 def test_output_flood_is_cut(make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox(max_output_bytes=64 * 1024)
-    started = time.monotonic()
     result = sandbox.exec("yes", timeout_s=2)
-    assert time.monotonic() - started < 10
     assert result.timed_out
     assert set(result.limits_hit) == {"timeout", "output"}
     assert result.truncated

@@ -223,7 +223,7 @@ def test_reconcile_refuses_to_act_on_a_ledger_that_does_not_verify(
     ledger.close()
     conn = sqlite3.connect(workdir / "state" / "ledger.sqlite", isolation_level=None)
     conn.execute("DROP TRIGGER ledger_no_update")
-    conn.execute("UPDATE ledger SET payload = '{\"approver\":\"mallory\"}' WHERE seq = 1")
+    conn.execute("UPDATE ledger SET payload = '{\"approver\":\"mallory\"}' WHERE cycle_id = 'c1'")
     conn.close()
     monkeypatch.setattr(cli, "_runner", lambda settings: make_runner(workdir,
                                                                      hostile_replies())[0])

@@ -15,11 +15,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from upgate import cli
-from upgate.approvals import add_person
 from upgate.config import Settings
 from upgate.graphs.runner import Runner
-from upgate.store import Store
 
+from ..conftest import decide
 from .test_cli import _clean_env  # noqa: F401  (autouse: no UPGATE_* leaks in)
 from .test_cycle import REVIEW, draft, make_runner
 
@@ -39,7 +38,7 @@ def runners(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> list[Runner]:
     """Every command gets a runner on scripted models that write markup everywhere."""
     made: list[Runner] = []
 
-    def runner(settings: Settings) -> Runner:
+    def runner(settings: Settings, for_cycles: bool = True) -> Runner:
         r, _ = make_runner(workdir, hostile_replies())
         made.append(r)
         return r
@@ -48,10 +47,8 @@ def runners(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> list[Runner]:
     return made
 
 
-def invoke(workdir: Path, *args: str, token: str | None = None) -> Result:
-    env = {"UPGATE_CONFIG": str(workdir / "upgate.toml")}
-    if token is not None:
-        env["UPGATE_TOKEN"] = token
+def invoke(workdir: Path, *args: str) -> Result:
+    env = {"UPGATE_CONFIG": str(workdir / "upgate.toml"), "UPGATE_KEY_DIR": str(workdir / "keys")}
     return CliRunner().invoke(cli.app, list(args), env=env)
 
 
@@ -63,12 +60,7 @@ def ok(result: Result) -> str:
 
 
 def start(workdir: Path) -> str:
-    store = Store(workdir / "state" / "state.sqlite")
-    try:
-        token = add_person(store, "alice")
-    finally:
-        store.close()
-    out = ok(invoke(workdir, "run", "--as", "alice", token=token))
+    out = ok(invoke(workdir, "run", "--as", "alice"))
     assert "waits for a human decision" in out
     cycle = out.split("Cycle ", 1)[1].split()[0]
     return cycle
@@ -76,12 +68,7 @@ def start(workdir: Path) -> str:
 
 def test_run_prints_a_rationale_with_markup_as_text(workdir: Path, runners: list[Runner]
                                                     ) -> None:
-    store = Store(workdir / "state" / "state.sqlite")
-    try:
-        token = add_person(store, "alice")
-    finally:
-        store.close()
-    out = ok(invoke(workdir, "run", "--as", "alice", token=token))
+    out = ok(invoke(workdir, "run", "--as", "alice"))
     assert "[bold red]PRE-APPROVED[/bold red]" in out and "[/]" in out
 
 
@@ -100,7 +87,7 @@ def test_resume_and_history_print_a_reason_with_markup_as_text(
 ) -> None:
     cycle = start(workdir)
     runner, _ = make_runner(workdir, hostile_replies())
-    runner.decide(cycle, action="reject", person="bob", reason=f"no {MARKUP}")
+    decide(runner, cycle, "reject", "bob", reason=f"no {MARKUP}")
     out = ok(invoke(workdir, "resume", cycle))
     assert f"rejected by bob: no {MARKUP}" in out
     listing = ok(invoke(workdir, "history", cycle))

@@ -1,4 +1,4 @@
-"""The critic against the corpus (tests/corpus.py): it must tell honest improvements from gaming.
+"""The critic against the ticket-triage corpus (tests/corpora/ticket.py): honest vs gaming.
 
 Every case runs through `critique` with the fake sandbox (the target's own pytest runs on
 the host), a scripted critic model that recommends "accept" for everything, and a stand-in
@@ -22,7 +22,7 @@ from upgate.evals.evidence import EvidencePacket
 from upgate.sandboxes.base import ExecResult
 from upgate.sandboxes.config import FakeSandboxConfig
 
-from ..corpus import (
+from ..corpora.ticket import (
     CLASSIFY,
     GENERATORS,
     INJECTION,

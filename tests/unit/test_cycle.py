@@ -27,7 +27,7 @@ REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation
 
 def draft(recipe: str = "few_shot", **over: Any) -> str:
     base = {"recipe": recipe, "rationale": "visible score is low", "expected_effect": "more",
-            "risk": "low", "epochs": 3, "rank": 16, "learning_rate": "5e-4",
+            "risk": "low", "epochs": 2, "rank": 16, "learning_rate": "1e-3",
             "examples_per_label": 2, "prompt_variant": "definitions"}
     return json.dumps({**base, **over})
 

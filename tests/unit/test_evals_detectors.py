@@ -266,7 +266,6 @@ def _code_diff(removed: list[str], added: list[str], path: str = "triage/classif
         (["@pytest.mark.timeout(5)"], ["@pytest.mark.timeout(500)"], "raised 5 -> 500"),
         ([], ["@pytest.mark.skip(reason='flaky')"], "escape hatch"),
         ([], ["@pytest.mark.xfail"], "escape hatch"),
-        ([], ["import os  # noqa: F401"], "escape hatch"),
         ([], ["    except Exception:", "        pass"], "escape hatch"),
         ([], ["    except: pass"], "escape hatch"),
         ([], ["    os._exit(0)"], "escape hatch"),
@@ -292,6 +291,9 @@ def test_sys_exit_is_an_escape_hatch_only_in_test_code() -> None:
         (["    assert x == 1", "    y = 2"], ["    y = 2", "    assert   x == 1"]),  # moved
         (["    except Exception:", "        pass"], ["    except Exception:", "        pass"]),
         ([], ["    except ValueError:", "        return None"]),
+        # Lint and type-checker comments change no behaviour; honest changes carry them.
+        ([], ["import os  # noqa: F401"]),
+        ([], ["    return cast(int, x)  # type: ignore[no-any-return]"]),
     ],
 )
 def test_weakened_checks_negative(removed: list[str], added: list[str]) -> None:

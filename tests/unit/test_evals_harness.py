@@ -5,9 +5,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +14,7 @@ import pytest
 from upgate.errors import EvalError, ModelRequestsForbiddenError
 from upgate.evals.harness import CaseResult, ChatChoiceHarness, build_messages, parse_choice
 from upgate.evals.suite import Case
+from upgate.evals.testing import FunctionClient
 
 LABELS = ("billing", "bug", "account", "feature")
 CLASSIFY = (
@@ -24,51 +22,10 @@ CLASSIFY = (
 )
 
 
-class _Message:
-    def __init__(self, content: str | None) -> None:
-        self.content = content
-
-
-class _Choice:
-    def __init__(self, content: str | None) -> None:
-        self.message = _Message(content)
-
-
-class _Response:
-    def __init__(self, content: str | None) -> None:
-        self.choices = [_Choice(content)]
-
-
-class FakeClient:
-    """The `client.chat.completions.create(**kw)` shape, answering with a plain function."""
-
-    def __init__(self, reply: Callable[[list[dict[str, str]]], str | None], delay: float = 0.0):
-        self.reply = reply
-        self.delay = delay
-        self.calls: list[dict[str, Any]] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        self.chat = self
-        self.completions = self
-
-    def create(self, **kwargs: Any) -> _Response:
-        with self._lock:
-            self.calls.append(kwargs)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            time.sleep(self.delay)
-            return _Response(self.reply(kwargs["messages"]))
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-
-def _harness(client: FakeClient) -> tuple[ChatChoiceHarness, list[tuple[str, float]]]:
+def _harness(client: FunctionClient) -> tuple[ChatChoiceHarness, list[tuple[str, float]]]:
     made: list[tuple[str, float]] = []
 
-    def factory(base_url: str, timeout_s: float) -> FakeClient:
+    def factory(base_url: str, timeout_s: float) -> FunctionClient:
         made.append((base_url, timeout_s))
         return client
 
@@ -91,7 +48,7 @@ CASES = [
 FEW_SHOT = [{"input": "Refund please", "expected": "billing"}]
 
 
-def _run(client: FakeClient, **overrides: Any) -> list[CaseResult]:
+def _run(client: FunctionClient, **overrides: Any) -> list[CaseResult]:
     harness, _ = _harness(client)
     kwargs: dict[str, Any] = {
         "base_url": "http://127.0.0.1:1/v1",
@@ -111,7 +68,7 @@ def _oracle(messages: list[dict[str, str]]) -> str:
 
 
 def test_request_format_is_the_targets_contract() -> None:
-    client = FakeClient(_oracle)
+    client = FunctionClient(_oracle)
     _run(client, cases=CASES[:1])
     (call,) = client.calls
     assert call["model"] == "cand"
@@ -154,7 +111,7 @@ def test_messages_match_the_example_targets_classify_py(monkeypatch: pytest.Monk
 
 
 def test_scores_and_keeps_order_and_metadata() -> None:
-    results = _run(FakeClient(_oracle))
+    results = _run(FunctionClient(_oracle))
     assert [r.case_id for r in results] == ["c1", "c2", "c3"]
     assert [r.score for r in results] == [1.0, 1.0, 0.0]
     assert [r.output for r in results] == ["billing", "bug", "feature"]
@@ -171,7 +128,7 @@ def test_one_failing_case_is_a_value_and_the_rest_still_run() -> None:
             return ""
         return "billing"
 
-    results = _run(FakeClient(reply))
+    results = _run(FunctionClient(reply))
     ok, timed_out, empty = results
     assert ok.score == 1.0
     assert ok.error is None
@@ -185,14 +142,14 @@ def test_one_failing_case_is_a_value_and_the_rest_still_run() -> None:
 
 
 def test_a_reply_outside_the_labels_is_wrong_not_an_error() -> None:
-    results = _run(FakeClient(lambda _m: "I cannot help with that"), cases=CASES[:1])
+    results = _run(FunctionClient(lambda _m: "I cannot help with that"), cases=CASES[:1])
     assert results[0].score == 0.0
     assert results[0].error is None
     assert results[0].output == "I cannot help with that"
 
 
 def test_repeats_run_every_case_each_time() -> None:
-    client = FakeClient(_oracle)
+    client = FunctionClient(_oracle)
     results = _run(client, repeats=3)
     assert len(client.calls) == 9
     assert [(r.repeat, r.case_id) for r in results] == [
@@ -201,20 +158,20 @@ def test_repeats_run_every_case_each_time() -> None:
 
 
 def test_concurrency_is_bounded() -> None:
-    client = FakeClient(_oracle, delay=0.05)
+    client = FunctionClient(_oracle, delay=0.05)
     cases = [
         Case(id=f"c{i}", input=f"ticket {i}", expected="bug", split="visible") for i in range(12)
     ]
     _run(client, cases=cases, concurrency=3)
     assert client.max_in_flight <= 3
     assert client.max_in_flight >= 2  # it really runs in parallel
-    serial = FakeClient(_oracle, delay=0.01)
+    serial = FunctionClient(_oracle, delay=0.01)
     _run(serial, cases=cases, concurrency=1)
     assert serial.max_in_flight == 1
 
 
 def test_client_factory_gets_url_and_timeout() -> None:
-    client = FakeClient(_oracle)
+    client = FunctionClient(_oracle)
     harness, made = _harness(client)
     harness.run(
         CASES[:1],
@@ -239,7 +196,7 @@ def test_client_factory_gets_url_and_timeout() -> None:
     ],
 )
 def test_bad_few_shot_is_refused_before_any_request(few_shot: list[dict[str, Any]]) -> None:
-    client = FakeClient(_oracle)
+    client = FunctionClient(_oracle)
     with pytest.raises(EvalError, match="few_shot"):
         _run(client, few_shot=few_shot)
     assert client.calls == []
@@ -259,8 +216,8 @@ def test_the_real_client_is_refused_in_the_unit_tier() -> None:
 
 def test_misuse_raises() -> None:
     with pytest.raises(EvalError, match="labels"):
-        _run(FakeClient(_oracle), labels=())
+        _run(FunctionClient(_oracle), labels=())
     with pytest.raises(EvalError, match="repeats"):
-        _run(FakeClient(_oracle), repeats=0)
+        _run(FunctionClient(_oracle), repeats=0)
     with pytest.raises(EvalError, match="unknown scorer"):
-        _run(FakeClient(_oracle), scorer="vibes")
+        _run(FunctionClient(_oracle), scorer="vibes")

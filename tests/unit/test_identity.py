@@ -46,6 +46,16 @@ def state(tmp_path: Path) -> Iterator[tuple[Store, Ledger, Path]]:
     ledger.close()
 
 
+def keyring_of(state_dir: Path) -> Keyring:
+    """The keyring a state folder's signed records add up to."""
+    store, ledger = Store(state_dir / "state.sqlite"), open_ledger(state_dir)
+    try:
+        return admin.replay(store, ledger).keyring()
+    finally:
+        store.close()
+        ledger.close()
+
+
 def init(state: tuple[Store, Ledger, Path], policy: str = POLICY) -> admin.Registered:
     store, ledger, keys = state
     return admin.init_state(store, ledger, admin="alice", policy_text=policy, key_dir=keys)
@@ -238,12 +248,21 @@ def test_the_demo_sets_up_alice_and_bob_with_keys_outside_the_state(tmp_path: Pa
     settings = load_settings(config)
     for _ in range(2):  # a second run reuses everything
         people(settings, tmp_path / "keys", tmp_path / "tokens")
-    store, ledger = Store(tmp_path / "state" / "state.sqlite"), open_ledger(tmp_path / "state")
-    try:
-        ring = admin.replay(store, ledger).keyring()
-    finally:
-        store.close()
-        ledger.close()
+    ring = keyring_of(tmp_path / "state")
     assert ring.roles("alice") == ("admin", "operator") and ring.roles("bob") == ("approver",)
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
         "person-alice.key", "person-bob.key"]
+
+
+def test_only_an_admin_registers_the_approval_services_key(bare: Path) -> None:
+    assert invoke(bare, "init", "--admin", "alice").exit_code == 0
+    assert invoke(bare, "person", "add", "bob", "--as", "alice").exit_code == 0
+    refused = invoke(bare, "service", "add", "approvals", "--as", "bob")
+    assert refused.exit_code == 2 and "not an admin" in " ".join(refused.output.split())
+    keys = bare.parent / "keys"
+    assert not key_file("service:approvals", keys).exists()  # nothing made for a refusal
+    added = invoke(bare, "service", "add", "approvals", "--as", "alice")
+    assert added.exit_code == 0, added.output
+    ring = keyring_of(bare.parent / "state")
+    service = load_signer("service:approvals", keys)
+    assert ring.verify("service:approvals", b"x", service.sign(b"x"))

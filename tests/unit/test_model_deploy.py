@@ -10,35 +10,12 @@ from typing import Any
 import pytest
 
 from upgate.agents.recipes import lora_finetune
-from upgate.deploy.vllm import ServedModel, VllmAdmin, check_adapter
+from upgate.deploy.testing import FakeVllmAdmin
 from upgate.hashing import sha256_tree
 from upgate.records import Artifact
 
 from ..conftest import decide
 from .test_cycle import REVIEW, draft, make_runner
-
-
-class FakeVllm(VllmAdmin):
-    """A vLLM server's LoRA admin endpoints in memory; the logic above them is the real one."""
-
-    def __init__(self, initial: str) -> None:  # no HTTP client: nothing to talk to
-        self.served: dict[str, str] = {"smollm2": "/base", "triage": initial}
-        self.calls: list[tuple[str, str, str]] = []
-
-    def models(self) -> dict[str, ServedModel]:
-        return {k: ServedModel(id=k, root=v) for k, v in self.served.items()}
-
-    def load_adapter(self, name: str, path: Path, *, expected_sha256: str,
-                     inplace: bool = False) -> None:
-        check_adapter(path, expected_sha256)  # the real check, before the fake server
-        assert inplace or name not in self.served, "vLLM refuses a second load without inplace"
-        self.calls.append(("load", name, str(path)))
-        self.served[name] = str(path)
-
-    def unload_adapter(self, name: str) -> None:
-        self.calls.append(("unload", name, ""))
-        self.served.pop(name, None)
-
 
 
 def _good_adapter(tmp: Path) -> tuple[Path, str]:
@@ -65,7 +42,7 @@ def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, live_good: bool) 
                                  good_models=[judged_as])
     initial = workdir / "adapters" / "triage-v0"
     initial.mkdir(parents=True, exist_ok=True)
-    fake = FakeVllm(initial=str(initial))
+    fake = FakeVllmAdmin({"smollm2": "/base", "triage": str(initial)})
     runner.deps.admin = fake
     if live_good:
         # The alias answers well once it serves the trained adapter.
@@ -106,10 +83,14 @@ def test_approved_model_swaps_the_alias_and_keeps_the_previous_loaded(
     # Deploying again (a resume after a crash) changes nothing.
     before = list(fake.calls)
     from upgate.graphs import nodes
+    from upgate.records import Deployment
 
-    nodes._deploy_model(runner.deps, done, nodes._candidate(done), done["deployment"]
-                        ["deployment_id"])
+    again = runner.deps.deployer("vllm").deploy(
+        nodes._candidate(done), done["deployment"]["deployment_id"],
+        cycle_id=done["cycle_id"], message="again")
     assert [c for c in fake.calls[len(before):] if c[0] == "load"] == []
+    # The version before is still what a rollback would restore.
+    assert again == Deployment.model_validate(done["deployment"])
 
 
 def test_a_live_regression_rolls_back_to_the_previous_version(
@@ -148,3 +129,19 @@ def test_reconcile_after_a_server_restart_restores_alias_and_rollback_targets(
     calls = len(fake.calls)
     assert reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)["loaded"] == []
     assert len(fake.calls) == calls
+
+
+def test_a_regression_with_no_version_before_is_recorded_as_not_restored(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, fake = _runner(workdir, monkeypatch, live_good=False)
+    del fake.served["triage"]  # the server never served the alias: nothing to go back to
+    state = runner.start("alice")
+    done = decide(runner, state["cycle_id"], "approve", "bob")
+    assert done["monitor"]["regressed"] is True
+    assert done["outcome"] == "failed"
+    assert "nothing to roll back to" in done["reason"]
+    events = [(e.node, e.event) for e in runner.deps.ledger.entries(state["cycle_id"])]
+    assert ("rollback", "not_restored") in events
+    assert ("rollback", "rolled_back") not in events
+    assert fake.served["triage"].endswith("adapter-good")

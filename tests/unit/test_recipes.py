@@ -65,7 +65,7 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> Toy:
 
 def draft(recipe: str, **over: Any) -> str:
     base = {"recipe": recipe, "rationale": "r", "expected_effect": "e", "risk": "low",
-            "epochs": 3, "rank": 16, "learning_rate": "1e-3", "examples_per_label": 2,
+            "epochs": 2, "rank": 16, "learning_rate": "1e-3", "examples_per_label": 2,
             "prompt_variant": "concise"}
     return json.dumps({**base, **over})
 
@@ -141,17 +141,22 @@ def test_revise_routing_follows_the_recipes_revisable_flag(toy: Toy) -> None:
 
 def test_builtin_arguments_keep_the_proposal_shape() -> None:
     full = json.loads(draft("x"))
-    assert recipe_args("lora_finetune", full) == {"epochs": 3, "rank": 16,
+    assert recipe_args("lora_finetune", full) == {"epochs": 2, "rank": 16,
                                                   "learning_rate": 0.001}
     assert recipe_args("few_shot", full) == {"examples_per_label": 2}
     assert recipe_args("prompt_variant", full) == {"variant": "concise"}
     assert recipe_args("edit", full) == {}
     # What the proposal recorded validates again when the coder reads it.
     lora = registry.get_recipe("lora_finetune").arguments
-    assert lora.model_validate({"epochs": 4, "rank": 8, "learning_rate": 5e-4}).model_dump() \
-        == {"epochs": 4, "rank": 8, "learning_rate": 0.0005}
+    assert lora.model_validate({"epochs": 1, "rank": 16, "learning_rate": 1e-3}).model_dump() \
+        == {"epochs": 1, "rank": 16, "learning_rate": 0.001}
     with pytest.raises(ValueError, match="learning_rate"):
-        lora.model_validate({"epochs": 4, "rank": 8, "learning_rate": 0.5})
+        lora.model_validate({"epochs": 2, "rank": 16, "learning_rate": 0.5})
+    # Only settings measured to train well are offered: a weak step or a long run is refused.
+    with pytest.raises(ValueError, match="learning_rate"):
+        lora.model_validate({"epochs": 2, "rank": 16, "learning_rate": 5e-4})
+    with pytest.raises(ValueError, match="epochs"):
+        lora.model_validate({"epochs": 4, "rank": 16, "learning_rate": 1e-3})
 
 
 def test_scopes_and_lookup() -> None:

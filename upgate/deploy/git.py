@@ -11,10 +11,13 @@ import logging
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
+from upgate.deploy.base import Deployer, Health, RollbackResult
 from upgate.errors import DeployError
+from upgate.records import Candidate, Deployment
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,37 @@ def delete_branch(repo: Path, branch: str) -> bool:
         return False
     _git(repo, "branch", "-D", branch)
     return True
+
+
+class GitDeployer(Deployer):
+    """A code, prompt or config change goes live as a new branch of the target repo."""
+
+    target: Literal["git", "vllm"] = "git"
+
+    def __init__(self, repo: Path, *, base: str) -> None:
+        self.repo = repo
+        self.base = base
+
+    def deploy(self, candidate: Candidate, deployment_id: str, *, cycle_id: str,
+               message: str) -> Deployment:
+        """Commit the candidate's diff on the cycle's branch (see `deploy_branch`)."""
+        landed = deploy_branch(self.repo, base=self.base, branch=branch_name(cycle_id),
+                               diff=candidate.diff, message=message,
+                               deployment_id=deployment_id)
+        return Deployment(target="git", **landed.model_dump())
+
+    def verify(self, deployment: Deployment) -> Health:
+        """The branch exists and still points at the deployed commit."""
+        branch = deployment.branch or ""
+        head = _git(self.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
+                    check=False)
+        return Health(healthy=bool(head) and head == deployment.commit,
+                      detail={"branch": branch, "head": head or None,
+                              "commit": deployment.commit})
+
+    def rollback(self, deployment: Deployment) -> RollbackResult:
+        """Delete the branch: the base branch never held the change."""
+        branch = deployment.branch or ""
+        if delete_branch(self.repo, branch):
+            return RollbackResult(status="restored", detail={"branch_deleted": branch})
+        return RollbackResult(status="already_restored", detail={"branch_absent": branch})

@@ -1,0 +1,107 @@
+"""A LoRA candidate goes live by pointing the served alias at its adapter on vLLM.
+
+The adapter is loaded under its versioned name first; the version the alias served before
+stays loaded under its own name (`ALIAS@initial` for what the server was started with), so
+a rollback is one more in-place load. The store records which version is active.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from upgate.deploy.base import Deployer, Health, RollbackResult
+from upgate.deploy.vllm import VllmAdmin
+from upgate.errors import DeployError
+from upgate.hashing import sha256_tree
+from upgate.records import Candidate, Deployment
+from upgate.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LoraAliasDeployer(Deployer):
+    """Swap the adapter a vLLM alias serves; keep the version before loaded for rollback."""
+
+    target: Literal["git", "vllm"] = "vllm"
+
+    def __init__(self, admin: VllmAdmin | None, store: Store, alias: str | None) -> None:
+        self.admin = admin
+        self.store = store
+        self.alias = alias
+
+    def _parts(self) -> tuple[VllmAdmin, str]:
+        if self.admin is None:
+            raise DeployError("no vLLM server configured ([serving] base_url)")
+        if not self.alias:
+            raise DeployError("the target manifest names no [model] alias to swap")
+        return self.admin, self.alias
+
+    def _previous(self, deployment_id: str) -> dict[str, Any] | None:
+        """The version live before `deployment_id` (also when that one is active already)."""
+        assert self.alias
+        active = self.store.active_version(self.alias)
+        if active is not None and active["deployment_id"] == deployment_id:
+            # A run again after the swap: the version before is the newest other one.
+            active = next((v for v in self.store.served_versions(self.alias)
+                           if v["deployment_id"] != deployment_id), None)
+        # "active" is the store's state now, not part of which version it was.
+        return {k: v for k, v in active.items() if k != "active"} if active else None
+
+    def deploy(self, candidate: Candidate, deployment_id: str, *, cycle_id: str,
+               message: str) -> Deployment:
+        """Load the candidate's adapter and point the alias at it (idempotent)."""
+        admin, alias = self._parts()
+        adapter = next((a for a in candidate.artifacts if a.kind == "adapter"), None)
+        if adapter is None:
+            raise DeployError("the model candidate carries no adapter artifact to serve")
+        previous = self._previous(deployment_id)
+        served = admin.models().get(alias)
+        path = Path(adapter.path)
+        admin.ensure_loaded(adapter.name, path, expected_sha256=adapter.sha256)
+        if previous is None and served is not None and served.root:
+            # Keep what the alias served before upgate's first swap loadable for rollback,
+            # under the content hash it has now, which every later load re-checks.
+            initial = sha256_tree(Path(served.root))
+            self.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
+                                     "initial", "initial")
+            admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
+            previous = self._previous(deployment_id)
+        admin.point_alias(alias, path, expected_sha256=adapter.sha256)
+        self.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
+                                 cycle_id)
+        log.info("%s: %s now serves %s", deployment_id, alias, adapter.name)
+        return Deployment(target="vllm", deployment_id=deployment_id, alias=alias,
+                          version_name=adapter.name, adapter_sha256=adapter.sha256,
+                          previous=previous)
+
+    def _path_of(self, deployment_id: str) -> str | None:
+        assert self.alias
+        return next((v["path"] for v in self.store.served_versions(self.alias)
+                     if v["deployment_id"] == deployment_id), None)
+
+    def verify(self, deployment: Deployment) -> Health:
+        """The alias serves the deployed adapter's folder."""
+        admin, alias = self._parts()
+        expected = self._path_of(deployment.deployment_id)
+        served = admin.models().get(alias)
+        root = served.root if served is not None else None
+        return Health(healthy=expected is not None and root == expected,
+                      detail={"alias": alias, "serves": root, "expected": expected})
+
+    def rollback(self, deployment: Deployment) -> RollbackResult:
+        """Point the alias back at the version before; say so when there is none."""
+        admin, alias = self._parts()
+        previous = deployment.previous
+        if not previous:
+            served = admin.models().get(alias)
+            return RollbackResult(status="nothing_to_restore", detail={
+                "alias": alias, "still_serving": served.root if served else None,
+                "why": "no earlier version was recorded for this alias"})
+        served = admin.models().get(alias)
+        already = served is not None and served.root == str(previous["path"])
+        admin.point_alias(alias, Path(previous["path"]), expected_sha256=previous["sha256"])
+        self.store.reactivate(alias, previous["deployment_id"])
+        return RollbackResult(status="already_restored" if already else "restored",
+                              detail={"restored": previous["version_name"]})

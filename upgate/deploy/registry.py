@@ -1,0 +1,51 @@
+"""Which deployer takes which candidate: chosen by the candidate's kind, found again for
+monitor and rollback by the target its `Deployment` record names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from upgate.deploy.base import Deployer
+from upgate.deploy.git import GitDeployer
+from upgate.deploy.lora_alias import LoraAliasDeployer
+from upgate.deploy.vllm import VllmAdmin
+from upgate.errors import DeployError
+from upgate.policy import ChangeKind
+from upgate.store import Store
+
+DeployTarget = Literal["git", "vllm"]
+
+
+@dataclass(frozen=True)
+class DeployParts:
+    """What deployers are built from."""
+
+    repo: Path
+    base_branch: str
+    store: Store
+    admin: VllmAdmin | None
+    alias: str | None
+
+
+DEPLOYERS: dict[str, Callable[[DeployParts], Deployer]] = {
+    "git": lambda p: GitDeployer(p.repo, base=p.base_branch),
+    "vllm": lambda p: LoraAliasDeployer(p.admin, p.store, p.alias),
+}
+"""Deployer factories by target tag."""
+
+TARGET_BY_KIND: dict[ChangeKind, DeployTarget] = {
+    "code": "git", "prompt": "git", "config": "git", "model": "vllm",
+}
+"""Where each kind of change goes live."""
+
+
+def deployer_for(target: str, parts: DeployParts) -> Deployer:
+    """The deployer for a target tag; a clear error for an unknown one."""
+    factory = DEPLOYERS.get(target)
+    if factory is None:
+        raise DeployError(f"no deployer for target {target!r}; known: {sorted(DEPLOYERS)}")
+    return factory(parts)
+

@@ -1,0 +1,91 @@
+"""The approval service's app: API routers, the chat page, and strict security headers."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from functools import cache
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from langchain_core.language_models import BaseChatModel
+
+from upgate.graphs.runner import Runner
+from upgate.identity import Signer
+from upgate.server import auth, routes_cycles, routes_decide, routes_live
+from upgate.server.state import ServiceState
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+# No inline script or style, nothing from another origin, no framing, no plugins.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# The OpenAPI docs page loads its own script and style from a CDN: it gets its own policy.
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+def _headers(request: Request, response: Response) -> None:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cache-Control"] = "no-store"
+    if request.url.path not in DOCS_PATHS:
+        response.headers["Content-Security-Policy"] = CSP
+
+
+def create_app(runner: Runner, *, signer: Signer,
+               answer_model: Callable[[], BaseChatModel] | None = None,
+               secure_cookies: bool = False) -> FastAPI:
+    """The service over one Runner; tests pass a scripted answering model."""
+    from upgate.agents.models import chat_model
+
+    @cache
+    def default_model() -> BaseChatModel:
+        return chat_model(runner.deps.settings.agents.critic)
+
+    app = FastAPI(title="upgate approval service", version="1",
+                  description="Inbox, cycles, evidence, decisions, questions, ledger.")
+    app.state.upgate = ServiceState(runner=runner, sessions=auth.Sessions(), signer=signer,
+                                    answer_model=answer_model or default_model,
+                                    secure_cookies=secure_cookies)
+
+    @app.middleware("http")
+    async def security_headers(request: Request,
+                               call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        _headers(request, response)
+        return response
+
+    for module in (auth, routes_cycles, routes_decide, routes_live):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is on this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(runner: Runner, *, signer: Signer, host: str, port: int,
+          secure_cookies: bool) -> None:
+    """Run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(runner, signer=signer, secure_cookies=secure_cookies)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True,
+                forwarded_allow_ips="127.0.0.1")
