@@ -5,7 +5,6 @@ Forged, replayed and self-approving presses change nothing."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -42,15 +41,11 @@ from ..conftest import (
     suite_answers,
     write_config,
 )
+from ..unit.test_notify_events import DRAFT, REVIEW
 
 pytestmark = pytest.mark.real
 
 SIGNING = "d3f1c0ffee5ec4e7"
-DRAFT = json.dumps({"recipe": "few_shot", "rationale": "visible score is low",
-                    "expected_effect": "more", "risk": "low", "epochs": 3, "rank": 16,
-                    "learning_rate": "5e-4", "examples_per_label": 2,
-                    "prompt_variant": "definitions"})
-REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation": "accept"})
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from ..conftest import OracleClient, decide, suite_answers, write_config
 
 REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation": "accept"})
 DRAFT = json.dumps({"recipe": "few_shot", "rationale": "visible score is low",
-                    "expected_effect": "more", "risk": "low", "epochs": 3, "rank": 16,
-                    "learning_rate": "5e-4", "examples_per_label": 2,
+                    "expected_effect": "more", "risk": "low", "epochs": 2, "rank": 16,
+                    "learning_rate": "1e-3", "examples_per_label": 2,
                     "prompt_variant": "definitions"})
 NOTIFY = """
 [notify]
