@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
+from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -20,6 +21,7 @@ from langchain_core.runnables import RunnableLambda
 from pydantic import BaseModel, ValidationError
 
 from upgate.errors import AgentOutputError
+from upgate.meter import report_tokens
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,9 @@ def call_structured(
         stop_after_attempt=retries + 1,
         wait_exponential_jitter=False,
     )
+    usage = UsageMetadataCallbackHandler()  # token accounting for budgets (every attempt)
     try:
-        result = chain.invoke(messages)
+        result = chain.invoke(messages, config={"callbacks": [usage]})
     except (OutputParserException, ValidationError):
         raise AgentOutputError(
             f"the model gave no valid {name} after {retries + 1} attempts: "
@@ -80,6 +83,9 @@ def call_structured(
             f"the {name} request failed after the client's retries: "
             f"{type(exc).__name__}: {exc}; check the agent's endpoint ([agents] base_url)"
         ) from exc
+    finally:
+        for model_name, counts in usage.usage_metadata.items():
+            report_tokens(name, dict(counts), model_name)
     if not isinstance(result, schema):
         raise AgentOutputError(f"the model's {name} did not validate as {schema.__name__}")
     return result

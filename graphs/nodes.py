@@ -198,6 +198,7 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         made_by=model_ref(deps, "critic"),
         retries=deps.settings.agents.critic.output_retries, versions=versions(deps),
         cycle_id=state["cycle_id"], suite_path=deps.settings.target.suite,
+        hidden_tests=deps.settings.target.hidden_tests,
     )
     try:
         verdict = critique(proposal, candidate, ctx)

@@ -13,7 +13,6 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -23,6 +22,7 @@ from langgraph.types import Command
 from upgate.admin import replay
 from upgate.approvals import sign, signature_valid
 from upgate.errors import ApprovalError
+from upgate.graphs.batch import BatchReport, start_batch
 from upgate.graphs.builder import compile_graph, sqlite_checkpointer
 from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
@@ -33,17 +33,6 @@ from upgate.records import Decision
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, dict[str, Any]], None]
-
-SETBACKS = ("failed", "blocked", "rejected", "rolled_back")
-
-
-@dataclass
-class BatchReport:
-    """What a batch run did and why it stopped."""
-
-    cycles: list[str] = field(default_factory=list)
-    outcomes: list[str] = field(default_factory=list)
-    stopped_because: str = ""
 
 
 CYCLE_ID = re.compile(r"c[a-z0-9-]{1,63}")
@@ -105,45 +94,17 @@ class Runner:
         }
         return self._drive(cycle_id, initial, progress)
 
-    def batch(self, requester: str, *, max_cycles: int, max_pending: int = 1,
+    def batch(self, requester: str, *, max_cycles: int, max_pending: int | None = None,
               pause_after_failures: int | None = None, progress: Progress | None = None,
               on_cycle: Callable[[CycleState], None] | None = None) -> BatchReport:
         """Run cycles one after another until a pause threshold is reached.
 
-        Autonomy pauses when `max_pending` approvals wait in the inbox, or after the
-        policy's `pause_after_failures` setbacks in a row, or after `max_cycles`.
+        The thresholds are the policy's (`[autonomy]`, `thresholds.pause_after_failures`);
+        `max_pending` and `pause_after_failures` override theirs. See `upgate.graphs.batch`.
         """
-        limit = pause_after_failures or self.deps.policy.thresholds.pause_after_failures
-        report = BatchReport()
-        streak = 0
-        batch_id = new_cycle_id().replace("c", "b", 1)
-        self.deps.ledger.append(batch_id, "batch", "started", {
-            "requester": requester, "max_cycles": max_cycles, "max_pending": max_pending,
-            "pause_after_failures": limit})
-        while True:
-            # An expired request no longer blocks autonomy: `resume` re-critiques it.
-            pending = sum(not self.stale_reason(r) for r in self.inbox())
-            if pending >= max_pending:
-                report.stopped_because = (f"paused: {pending} approval(s) wait in the inbox "
-                                          f"(threshold {max_pending})")
-                break
-            if streak >= limit:
-                report.stopped_because = f"paused: {streak} setbacks in a row (threshold {limit})"
-                break
-            if len(report.cycles) >= max_cycles:
-                report.stopped_because = f"done: {max_cycles} cycle(s) run"
-                break
-            state = self.start(requester, progress=progress)
-            outcome = str(state.get("outcome", ""))
-            report.cycles.append(state["cycle_id"])
-            report.outcomes.append(outcome)
-            streak = streak + 1 if outcome in SETBACKS else 0
-            if on_cycle is not None:
-                on_cycle(state)
-        self.deps.ledger.append(batch_id, "batch", "stopped", {
-            "cycles": report.cycles, "outcomes": report.outcomes,
-            "reason": report.stopped_because})
-        return report
+        return start_batch(self, requester, max_cycles=max_cycles, max_pending=max_pending,
+                           pause_after_failures=pause_after_failures, progress=progress,
+                           on_cycle=on_cycle)
 
     @contextmanager
     def cycle_lock(self, cycle_id: str) -> Iterator[None]:

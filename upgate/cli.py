@@ -18,6 +18,7 @@ from rich.text import Text
 from upgate.approvals import prove_identity
 from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
+from upgate.cli_batch import batch_app, print_curve, print_held, stop_command
 from upgate.cli_critique import critique_command
 from upgate.cli_notify import notify_app
 from upgate.cli_sandbox import sandbox_app
@@ -41,6 +42,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(service_app, name="service")
 app.command("critique")(critique_command)
 app.add_typer(notify_app, name="notify")
+app.add_typer(batch_app, name="batch")
+app.command("stop")(stop_command)
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
 console = Console(soft_wrap=True)
@@ -172,33 +175,6 @@ def run(config: ConfigOpt = None, as_: AsOpt = "", key_dir: KeyDirOpt = None) ->
 
 @app.command()
 @_guard
-def batch(
-    config: ConfigOpt = None, as_: AsOpt = "", key_dir: KeyDirOpt = None,
-    max_cycles: Annotated[int, typer.Option(min=1, help="Stop after this many cycles.")] = 5,
-    max_pending: Annotated[int, typer.Option(
-        min=1, help="Pause when this many approvals wait in the inbox.")] = 1,
-    pause_after_failures: Annotated[int | None, typer.Option(
-        min=1, help="Pause after this many setbacks in a row (default: the policy's).")] = None,
-) -> None:
-    """Run cycles autonomously until a pause threshold is reached."""
-    settings = _settings(config)
-    runner = _runner(settings)
-    requester = as_ or settings.operator
-    _identify(runner, requester, key_dir, "operator")
-    console.print(f"[bold]upgate batch[/bold] on {runner.deps.manifest.name} for {requester}")
-
-    def show(state: CycleState) -> None:
-        _finish(state, runner)
-
-    with console.status("running cycles"):
-        report = runner.batch(requester, max_cycles=max_cycles, max_pending=max_pending,
-                              pause_after_failures=pause_after_failures, progress=_progress,
-                              on_cycle=show)
-    console.print(f"\nbatch: {len(report.cycles)} cycle(s), {report.stopped_because}")
-
-
-@app.command()
-@_guard
 def resume(cycle: Annotated[str | None, typer.Argument()] = None,
            config: ConfigOpt = None) -> None:
     """Continue a cycle (or every unfinished one) from its last checkpoint."""
@@ -219,8 +195,10 @@ def inbox(config: ConfigOpt = None) -> None:
     """List the cycles waiting for a human decision, with their evidence."""
     runner = _runner(_settings(config), for_cycles=False)
     waiting = runner.inbox()
+    held = print_held(runner)
     if not waiting:
-        console.print("inbox is empty")
+        if not held:
+            console.print("inbox is empty")
         return
     table = Table()
     table.add_column("cycle", no_wrap=True, min_width=24)
@@ -338,6 +316,7 @@ def history(cycle: Annotated[str | None, typer.Argument()] = None,
                                   str(last[-1].payload.get("recipe", "")) if last else "",
                                   str(len(entries)), entries[0].at[:19]))
         console.print(table)
+        print_curve(ledger.entries())
         return
     table = Table("seq", "at", "node", "event", "detail", "hash")
     for e in ledger.entries(cycle):

@@ -66,6 +66,46 @@ class Thresholds(BaseModel):
     """Batch runs pause after this many failed or rejected cycles in a row."""
 
 
+RiskLevel = Literal["low", "medium", "high"]
+
+
+class Budget(BaseModel):
+    """Spending limits for one scope (a batch, or a UTC day); None means no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: int | None = Field(default=None, ge=0)
+    """Model tokens (prompt + completion) the agents' chat calls reported."""
+    sandbox_seconds: float | None = Field(default=None, ge=0.0)
+    """Wall seconds of sandbox commands (the backends report wall time, not CPU time)."""
+    wall_seconds: float | None = Field(default=None, ge=0.0)
+    """Wall time of the cycles themselves."""
+
+
+class Autonomy(BaseModel):
+    """When a batch of autonomous cycles pauses (or stops) and a person must resume it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pending: int = Field(default=1, ge=1)
+    """Pause when this many approvals wait in the inbox."""
+    per_batch: Budget = Budget()
+    """Counted from the batch's start, or from a person's last resume of it."""
+    per_day: Budget = Budget()
+    max_accumulated_regression: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    """Pause when a slice's deltas, summed over deployed changes since the last human
+    reset, drop below minus this (each may pass the per-change tolerance on its own)."""
+    pause_at_risk: RiskLevel | None = "high"
+    """Pause before building a proposal of this risk or higher."""
+    max_rollbacks: int | None = Field(default=2, ge=1)
+    """Pause when this many rollbacks happened within the window."""
+    rollback_window_hours: float = Field(default=24.0, gt=0.0)
+    max_error_rate: float | None = Field(default=0.2, ge=0.0, le=1.0)
+    """Pause when the endpoint's error rate in post-deploy checks exceeds this..."""
+    error_rate_min_cases: int = Field(default=10, ge=1)
+    """...over at least this many cases within the rollback window."""
+
+
 RoleName = Literal["admin", "approver", "operator", "viewer"]
 
 
@@ -84,6 +124,7 @@ class Policy(BaseModel):
     protected_paths: tuple[str, ...] = ("tests/**",)
     kinds: dict[ChangeKind, KindRule] = Field(default_factory=dict)
     thresholds: Thresholds = Thresholds()
+    autonomy: Autonomy = Autonomy()
     content_hash: str = ""
 
     @property

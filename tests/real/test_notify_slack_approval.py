@@ -5,6 +5,7 @@ Forged, replayed and self-approving presses change nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -41,11 +42,13 @@ from ..conftest import (
     suite_answers,
     write_config,
 )
-from ..unit.test_notify_events import DRAFT, REVIEW
+from ..unit.test_cycle import draft
 
 pytestmark = pytest.mark.real
 
 SIGNING = "d3f1c0ffee5ec4e7"
+DRAFT = draft("few_shot")  # the proposer's schema as the recipes registry builds it
+REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation": "accept"})
 
 
 @pytest.fixture

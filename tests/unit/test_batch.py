@@ -22,7 +22,7 @@ def test_batch_learns_from_a_rejection_and_pauses_at_the_first_approval(workdir:
     assert "- prompt_variant:" not in str(calls[1][0].content)
     assert "- few_shot:" in str(calls[1][0].content)
     events = [(e.node, e.event) for e in runner.deps.ledger.entries() if e.node == "batch"]
-    assert events == [("batch", "started"), ("batch", "stopped")]
+    assert events == [("batch", "started"), ("batch", "paused")]
 
 
 def test_batch_pauses_after_setbacks_in_a_row(workdir: Path) -> None:

@@ -21,12 +21,10 @@ from upgate.notify.outbox import Outbox
 from upgate.notify.render import compose, parse_action_id, slack_payload, webhook_body
 
 from ..conftest import OracleClient, decide, suite_answers, write_config
+from .test_cycle import draft
 
 REVIEW = json.dumps({"summary": "adds examples", "concerns": [], "recommendation": "accept"})
-DRAFT = json.dumps({"recipe": "few_shot", "rationale": "visible score is low",
-                    "expected_effect": "more", "risk": "low", "epochs": 2, "rank": 16,
-                    "learning_rate": "1e-3", "examples_per_label": 2,
-                    "prompt_variant": "definitions"})
+DRAFT = draft("few_shot")  # the proposer's schema as the recipes registry builds it
 NOTIFY = """
 [notify]
 chat_url = "http://127.0.0.1:8080/c/{cycle_id}"

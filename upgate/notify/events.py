@@ -23,6 +23,7 @@ EVENTS: dict[tuple[str, str], str] = {
     ("approve", "approval_recorded"): "approval_decided",  # one of several approvals needed
     ("approve", "expired"): "approval_expired",
     ("batch", "paused"): "batch_paused",
+    ("batch", "stopped"): "batch_paused",  # a stop is a pause only a person lifts
     ("deploy", "deployed"): "deployed",
     ("rollout", "step"): "rollout_step",
     ("rollback", "rolled_back"): "rolled_back",
@@ -37,7 +38,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "approval_decided": ("approver", "channel", "reason", "approvals", "required"),
     "approval_expired": ("requested_at", "expired_at", "evidence_hash", "reason"),
     "batch_paused": ("reason", "threshold", "action", "observed", "limit", "detail",
-                     "next_step", "batch_id", "cycles", "outcomes"),
+                     "next_step", "batch_id", "cycle_id", "target", "cycles", "outcomes"),
     "deployed": ("deployment",),
     "rollout_step": ("step", "percent", "alias", "version_name", "healthy"),
     "rolled_back": ("restored", "branch_deleted", "reason"),
