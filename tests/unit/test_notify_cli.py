@@ -121,8 +121,8 @@ def test_the_service_worker_delivers_in_the_background(
     box.enqueue_direct("test", ["team"], {"text": "hello"}, key="bg")
 
     async def serve_a_while() -> None:
-        async with notify_lifespan(settings.state_dir, settings.notify) as worker:
-            assert worker.poll_s > 0
+        async with notify_lifespan(settings.state_dir, settings.notify) as state:
+            assert state["notify_worker"].poll_s > 0
             await asyncio.to_thread(receiver.wait_for, 1, 30.0)
 
     asyncio.run(serve_a_while())

@@ -164,3 +164,33 @@ def test_mapping_needs_a_real_slack_id_and_a_registered_person(store: Store) -> 
         people.map_user("U0CAROL", "carol", by="admin")
     people.map_user("U0BOB", "bob", by="admin")
     assert people.person_for("U0BOB") == "bob" and people.person_for("U0X") is None
+
+
+def test_the_approval_service_serves_slack_buttons_when_configured(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from upgate.agents.testing import scripted
+    from upgate.app import build_deps
+    from upgate.config import load_settings
+    from upgate.graphs.runner import Runner
+    from upgate.identity import generate_key, load_signer
+    from upgate.server.app import create_app
+
+    from ..conftest import write_config
+
+    generate_key("service:approvals", workdir / "keys")
+    signer = load_signer("service:approvals", workdir / "keys")
+    for extra in ("", '[notify]\nslack_signing_secret_env = "T_SLACK_SIGNING"\n'):
+        write_config(workdir, extra=extra)
+        monkeypatch.setenv("T_SLACK_SIGNING", SECRET)
+        models = {a: scripted({}) for a in ("proposer", "coder", "critic")}
+        runner = Runner(build_deps(load_settings(workdir / "upgate.toml"), models=models))
+        app = create_app(runner, signer=signer)
+        with TestClient(app) as client:  # the lifespan starts and stops the notify worker
+            body, headers = slack_action_request(
+                SECRET, action_id=action_id("approve", "c1", EVIDENCE), user="U0BOB")
+            answer = client.post(PATH, content=body, headers=headers).status_code
+            # Served only when Slack's signing secret is configured.
+            assert answer == (200 if extra else 404)
+            forged = client.post(PATH, content=body + b"x", headers=headers).status_code
+            assert forged == (401 if extra else 404)

@@ -184,11 +184,13 @@ def start_worker(state_dir: Path, notify: NotifySettings,
 
 @asynccontextmanager
 async def notify_lifespan(state_dir: Path, notify: NotifySettings,
-                          runner: Runner | None = None) -> AsyncIterator[NotifyWorker]:
-    """The worker for the length of an ASGI app's life (nest it in the app's lifespan)."""
+                          runner: Runner | None = None
+                          ) -> AsyncIterator[dict[str, NotifyWorker]]:
+    """The worker for the length of an ASGI app's life: usable as FastAPI's `lifespan`
+    (it yields the lifespan state, `{"notify_worker": worker}`)."""
     worker = start_worker(state_dir, notify, runner)
     try:
-        yield worker
+        yield {"notify_worker": worker}
     finally:
         worker.stop()
 

@@ -15,6 +15,8 @@ from langchain_core.language_models import BaseChatModel
 
 from upgate.graphs.runner import Runner
 from upgate.identity import Signer
+from upgate.notify.slack_actions import slack_actions_router
+from upgate.notify.worker import notify_lifespan
 from upgate.server import auth, routes_cycles, routes_decide, routes_live
 from upgate.server.state import ServiceState
 
@@ -47,8 +49,11 @@ def create_app(runner: Runner, *, signer: Signer,
     def default_model() -> BaseChatModel:
         return chat_model(runner.deps.settings.agents.critic)
 
+    settings = runner.deps.settings
     app = FastAPI(title="upgate approval service", version="1",
-                  description="Inbox, cycles, evidence, decisions, questions, ledger.")
+                  description="Inbox, cycles, evidence, decisions, questions, ledger.",
+                  lifespan=lambda _app: notify_lifespan(settings.state_dir, settings.notify,
+                                                        runner))
     app.state.upgate = ServiceState(runner=runner, sessions=auth.Sessions(), signer=signer,
                                     answer_model=answer_model or default_model,
                                     secure_cookies=secure_cookies)
@@ -62,6 +67,8 @@ def create_app(runner: Runner, *, signer: Signer,
 
     for module in (auth, routes_cycles, routes_decide, routes_live):
         app.include_router(module.router)
+    if settings.notify.slack_signing_secret_env:  # Slack buttons: signed by Slack, not CSRF
+        app.include_router(slack_actions_router(settings, runner, signer))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
