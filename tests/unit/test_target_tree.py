@@ -12,7 +12,7 @@ from upgate.errors import UpgateError
 from upgate.graphs.nodes import exhausted_recipes
 from upgate.target_tree import TargetTrees, read_prompting
 
-from ..conftest import make_target_repo
+from ..conftest import decide, make_target_repo
 from .test_cycle import REVIEW, draft, make_runner
 
 
@@ -55,7 +55,7 @@ def test_a_whole_cycle_exports_the_tree_once(workdir: Path) -> None:
     runner, _ = make_runner(workdir, {"proposal": draft("few_shot"), "review": REVIEW})
     state = runner.start("alice")
     assert state["outcome"] == "awaiting_approval"
-    done = runner.decide(state["cycle_id"], action="approve", person="bob")
+    done = decide(runner, state["cycle_id"], "approve", "bob")
     assert done["outcome"] == "deployed"
     assert runner.deps.trees.exports == 1
     prompt, shots = read_prompting(runner.deps.base_tree(), runner.deps.manifest)
