@@ -31,7 +31,14 @@ REPEATS = 20
 """Calls per test function, in one process (call-count tricks show)."""
 
 DRIVER = r'''
-import ast, faulthandler, importlib.util, inspect, io, json, os, pkgutil, sys, time
+import ast, faulthandler, importlib.util, inspect, io, json, os, pkgutil, signal, sys, time
+class Overtime(BaseException):
+    pass
+def overtime(*_):
+    raise Overtime("took longer than the plain runner allows")
+signal.signal(signal.SIGALRM, overtime)
+def limit(seconds):
+    signal.setitimer(signal.ITIMER_REAL, seconds)
 faulthandler.disable()
 ws, marker, repeats, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 paths, sources = json.loads(sys.argv[5]), json.loads(sys.argv[6])
@@ -50,16 +57,20 @@ for src in sources:
     elif rel:
         rel = rel[4:] if rel.startswith("src/") else rel
         names.append((rel[:-3] if rel.endswith(".py") else rel).replace("/", "."))
-for name in names:
+def preload(name):
     try:
-        mod = importlib.import_module(name)
-        for info in pkgutil.walk_packages(getattr(mod, "__path__", []), name + "."):
-            try:
-                importlib.import_module(info.name)
-            except BaseException:
-                pass
+        limit(10)
+        importlib.import_module(name)
     except BaseException:
         pass
+    finally:
+        limit(0)
+for name in names:
+    preload(name)
+    mod = sys.modules.get(name)
+    for info in pkgutil.walk_packages(getattr(mod, "__path__", []) or [], name + "."):
+        if not info.name.endswith("__main__"):
+            preload(info.name)
 
 def files():
     for p in paths:
@@ -93,6 +104,22 @@ def drop_pytest():
             ("_pytest", "pytest", "pluggy", "py."))]:
         stash[k] = sys.modules.pop(k)
 
+def autouse(rel, text):
+    """Whether an autouse fixture (the module's own, or a conftest's above it) applies."""
+    if "autouse" in text:
+        return True
+    d = os.path.dirname(os.path.join(ws, rel))
+    while True:
+        try:
+            with open(os.path.join(d, "conftest.py"), encoding="utf-8") as fh:
+                if "autouse" in fh.read():
+                    return True
+        except OSError:
+            pass
+        if os.path.realpath(d) == os.path.realpath(ws) or os.path.dirname(d) == d:
+            return False
+        d = os.path.dirname(d)
+
 def plain(fn, method):
     if getattr(fn, "pytestmark", None) or inspect.iscoroutinefunction(fn):
         return False
@@ -107,9 +134,11 @@ for n, rel in enumerate(files()):
     key_mod = rel[:-3].replace(os.sep, ".").replace("/", ".")
     try:
         with open(os.path.join(ws, rel), encoding="utf-8") as fh:
-            tree = ast.parse(fh.read())
+            text = fh.read()
+        tree = ast.parse(text)
     except BaseException:
         continue
+    fixed = autouse(rel, text)
     tests = list(found(tree))
     sys.modules.update(stash)
     try:
@@ -117,12 +146,15 @@ for n, rel in enumerate(files()):
                                                       os.path.join(ws, rel))
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
+        limit(30)
         spec.loader.exec_module(mod)
         broken = ""
     except BaseException as exc:
         broken = "import: %s: %s" % (type(exc).__name__, str(exc)[:200])
+    finally:
+        limit(0)
     drop_pytest()
-    module_plain = not broken and not getattr(mod, "pytestmark", None) and not (
+    module_plain = not broken and not fixed and not getattr(mod, "pytestmark", None) and not (
         HOOKS & set(vars(mod)))
     for cls, node in tests:
         key = (key_mod + ("." + cls.name if cls else "")) + "::" + node.name
@@ -137,15 +169,22 @@ for n, rel in enumerate(files()):
             report[key] = ["not_plain", ""]
             continue
         outcome, first, start = "passed", "", time.monotonic()
-        for i in range(repeats):
-            try:
-                (fn(owner()) if cls else fn())
-            except BaseException as exc:
-                outcome, first = "failed", "call %d: %s: %s" % (
-                    i + 1, type(exc).__name__, str(exc)[:200])
-                break
-            if time.monotonic() - start > budget:
-                break
+        limit(30)
+        try:
+            for i in range(repeats):
+                try:
+                    (fn(owner()) if cls else fn())
+                except BaseException as exc:
+                    outcome, first = "failed", "call %d: %s: %s" % (
+                        i + 1, type(exc).__name__, str(exc)[:200])
+                    break
+                if time.monotonic() - start > budget:
+                    break
+        except Overtime:
+            outcome, first = "failed", "call %d: took longer than the plain runner allows" % (
+                i + 1)
+        finally:
+            limit(0)
         report[key] = [outcome, first]
 real_out.write("\n" + marker + json.dumps(report) + "\n")
 real_out.flush()

@@ -117,6 +117,10 @@ def test_the_driver_runs_plain_functions_in_isolation(tmp_path: Path) -> None:
     (tree / "tests" / "test_broken.py").write_text("import no_such_module\n\n\n"
                                                    "def test_a() -> None:\n    pass\n")
     (tree / "conftest.py").write_text("")
+    (tree / "tests" / "auto").mkdir()
+    (tree / "tests" / "auto" / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(autouse=True)\ndef env() -> None:\n    pass\n")
+    (tree / "tests" / "auto" / "test_auto.py").write_text("def test_a() -> None:\n    pass\n")
     with get_sandbox(FakeSandboxConfig(), []) as box:
         box.copy_in(tree)
         report = run_plain(box, ["tests"], [], 60)
@@ -129,6 +133,7 @@ def test_the_driver_runs_plain_functions_in_isolation(tmp_path: Path) -> None:
         "tests.test_probe.TestGroup::test_method": "passed",
         "tests.test_probe::test_counts": "failed",
         "tests.test_broken::test_a": "failed",
+        "tests.auto.test_auto::test_a": "not_plain",  # an autouse fixture applies
     }, report.errors
     assert report.errors["tests.test_probe::test_counts"].startswith("call 5:")
     assert "no_such_module" in report.errors["tests.test_broken::test_a"]
