@@ -22,8 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from upgate.agents.critic_plain import run_plain
 from upgate.config import TargetManifest
 from upgate.evals.codescope import CodeScope, runner_sensitive
+from upgate.evals.plainrun import PlainReport
 from upgate.evals.testruns import TestReport, parse_junit
 from upgate.sandboxes.base import Mount, Sandbox
 
@@ -78,6 +80,8 @@ class SideRun:
     hidden: TestReport | None = None
     extra: TestReport | None = None
     log: str = ""
+    plain: PlainReport | None = None
+    """The visible and hidden tests run again without pytest (`critic_plain`)."""
 
 
 def read_baseline_files(tree: Path, scope: CodeScope) -> dict[str, str]:
@@ -175,9 +179,12 @@ def run_side(
             hid = _run(box, plan, [HIDDEN_DIR])
             hid = dataclasses.replace(hid, output="", problem=(
                 "no usable report from the hidden tests" if hid.problem else ""))
+        plain = (run_plain(box, [*plan.visible_paths(), *([HIDDEN_DIR] if hid else [])],
+                           plan.scope.source, plan.timeout_s)
+                 if visible and plan.pytest else None)
         ext: TestReport | None = None
         if extra:
             for rel, text in extra.items():
                 box.write_file(rel, text)
             ext = _run(box, plan, sorted(extra))
-    return SideRun(visible=vis, hidden=hid, extra=ext)
+    return SideRun(visible=vis, hidden=hid, extra=ext, plain=plain)

@@ -135,6 +135,12 @@ def test_hidden_tests_enter_the_sandbox_only_after_setup_and_the_visible_run(
         def stop(self) -> None:
             self.inner.stop()
 
+        def reset(self) -> None:
+            self.inner.reset()
+
+        def describe(self) -> str:
+            return self.inner.describe()
+
         def exec(self, command: list[str] | str, **kw: object) -> object:  # type: ignore[override]
             events.append("exec:" + (command if isinstance(command, str) else " ".join(command)))
             return self.inner.exec(command, **kw)  # type: ignore[arg-type]
@@ -183,3 +189,7 @@ def test_hidden_tests_enter_the_sandbox_only_after_setup_and_the_visible_run(
     setup = events.index("exec:true")
     visible = next(i for i, e in enumerate(events) if "pytest" in e and HIDDEN_DIR not in e)
     assert setup < visible < first_hidden
+    # The plain runner (no pytest) runs last, on the visible and the hidden tests.
+    plain = next(i for i, e in enumerate(events) if "upgate-plain-" in e)
+    assert first_hidden < plain and HIDDEN_DIR in events[plain]
+    assert run.plain is not None and not run.plain.problem
