@@ -165,12 +165,6 @@ def test_hidden_tests_enter_the_sandbox_only_after_setup_and_the_visible_run(
         def diff(self) -> str:
             return self.inner.diff()
 
-        def reset(self) -> None:
-            self.inner.reset()
-
-        def describe(self) -> str:
-            return self.inner.describe()
-
     manifest = load_manifest(ws.target).model_copy(update={"sandbox_setup": "true"})
     files = [p.relative_to(ws.target).as_posix() for p in ws.target.rglob("*")
              if p.is_file() and ".git" not in p.parts]
