@@ -340,6 +340,20 @@ def test_the_page_is_served_under_a_strict_csp_and_never_uses_inner_html(
     assert client.get("/openapi.json").json()["info"]["title"] == "upgate approval service"
 
 
+def test_the_api_docs_work_offline_from_the_installed_package(waiting: Any) -> None:
+    runner, _, _ = waiting
+    client = client_for(runner)
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN, no favicon host
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "https:" not in csp and "*" not in csp
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        served = client.get(f"/docs-assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 10_000
+    assert client.get("/redoc").status_code == 404  # its viewer would load from a CDN
+
+
 def test_the_service_signs_only_with_a_registered_key(waiting: Any) -> None:
     runner, _, _ = waiting
     keys = runner.deps.state_dir.parent / "keys"

@@ -9,7 +9,8 @@ from functools import cache
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from langchain_core.language_models import BaseChatModel
 
@@ -26,8 +27,13 @@ STATIC = Path(__file__).parent / "static"
 # No inline script or style, nothing from another origin, no framing, no plugins.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-# The OpenAPI docs page loads its own script and style from a CDN: it gets its own policy.
-DOCS_PATHS = ("/docs", "/redoc")
+# The OpenAPI docs page runs Swagger UI's inline start-up script: it gets its own policy,
+# still same-origin only (its assets are served from the package, no CDN).
+DOCS_PATHS = ("/docs",)
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
+DOCS_ASSETS = "/docs-assets"
 
 
 def _headers(request: Request, response: Response) -> None:
@@ -35,8 +41,8 @@ def _headers(request: Request, response: Response) -> None:
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cache-Control"] = "no-store"
-    if request.url.path not in DOCS_PATHS:
-        response.headers["Content-Security-Policy"] = CSP
+    docs = request.url.path in DOCS_PATHS
+    response.headers["Content-Security-Policy"] = DOCS_CSP if docs else CSP
 
 
 def create_app(runner: Runner, *, signer: Signer,
@@ -52,6 +58,7 @@ def create_app(runner: Runner, *, signer: Signer,
     settings = runner.deps.settings
     app = FastAPI(title="upgate approval service", version="1",
                   description="Inbox, cycles, evidence, decisions, questions, ledger.",
+                  docs_url=None, redoc_url=None,
                   lifespan=lambda _app: notify_lifespan(settings.state_dir, settings.notify,
                                                         runner))
     app.state.upgate = ServiceState(runner=runner, sessions=auth.Sessions(), signer=signer,
@@ -70,12 +77,28 @@ def create_app(runner: Runner, *, signer: Signer,
     if settings.notify.slack_signing_secret_env:  # Slack buttons: signed by Slack, not CSRF
         app.include_router(slack_actions_router(settings, runner, signer))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _offline_docs(app)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """OpenAPI docs at /docs with Swagger UI served from the installed package, not a CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title}: API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
 def is_loopback(host: str) -> bool:
