@@ -61,6 +61,9 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
         'state_dir = "state"\npolicy = "policy.toml"\noperator = "alice"\n\n'
         f'[target]\npath = "ticket-triage"\nsuite = "{REPO / "examples/suites/ticket-triage"}"\n\n'
         f'[serving]\nbase_url = "{endpoint}"\nbase_model_path = "{model_dir}"\n\n'
+        # The ledger's heads go to a fast-forward-only git repository beside (not inside)
+        # the state folder, signed with a key in the demo's key folder.
+        '[witness]\ntype = "git"\npath = "witness.git"\nkey_dir = "keys"\n\n'
         f'[sandbox]\ntype = "{sandbox}"\n{agents}'
     )
     if os.environ.get(NOTIFY_ENV):

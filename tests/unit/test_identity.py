@@ -250,8 +250,12 @@ def test_the_demo_sets_up_alice_and_bob_with_keys_outside_the_state(tmp_path: Pa
         people(settings, tmp_path / "keys", tmp_path / "tokens")
     ring = keyring_of(tmp_path / "state")
     assert ring.roles("alice") == ("admin", "operator") and ring.roles("bob") == ("approver",)
+    # The people's keys and the key that signs the ledger's heads, none in the state;
+    # the heads themselves go to the witness beside the state.
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
-        "person-alice.key", "person-bob.key"]
+        "ledger.key", "person-alice.key", "person-bob.key"]
+    assert (tmp_path / "witness.git").is_dir()
+    assert not list((tmp_path / "state").glob("*.key"))
 
 
 def test_only_an_admin_registers_the_approval_services_key(bare: Path) -> None:
