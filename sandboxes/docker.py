@@ -242,11 +242,7 @@ class DockerSandbox(Sandbox):
                     if getattr(exc, "status_code", None) != 404:
                         logger.warning("could not remove sandbox container: %s", exc)
             if volume is not None:
-                try:
-                    volume.remove(force=True)
-                except Exception as exc:
-                    if getattr(exc, "status_code", None) != 404:
-                        logger.warning("could not remove sandbox volume: %s", exc)
+                _remove_volume(volume)
 
     def _require(self) -> Any:
         if self._broken is not None:
@@ -548,6 +544,27 @@ class DockerSandbox(Sandbox):
             f"no-new-privileges, memory {c.memory} (no swap), cpus {c.cpus}, pids {c.pids}, "
             f"workspace tmpfs {c.workspace_size}, /tmp tmpfs {c.tmp_size}"
         )
+
+
+def _remove_volume(volume: Any, attempts: int = 20, pause_s: float = 0.25) -> None:
+    """Remove a workspace volume, waiting while the engine still holds it.
+
+    When the container was removed by someone else a moment ago (the stop button kills a
+    batch's containers from another process), the engine may report the volume in use
+    (409) until it has released the mount; a volume left behind would outlive its owner.
+    """
+    for attempt in range(attempts):
+        try:
+            volume.remove(force=True)
+            return
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status == 404:
+                return
+            if status != 409 or attempt == attempts - 1:
+                logger.warning("could not remove sandbox volume: %s", exc)
+                return
+            time.sleep(pause_s)
 
 
 def _read_frames(sock: Any, out: OutputCapture, err: _StderrCapture) -> None:

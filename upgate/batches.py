@@ -118,7 +118,7 @@ def kill_sandboxes(pid: int, host: str | None = None) -> int:
     own commands, which the stop flag ends between steps).
     """
     try:
-        from upgate.sandboxes.docker import LABEL, docker_client
+        from upgate.sandboxes.docker import LABEL, _remove_volume, docker_client
 
         client = docker_client()
     except Exception as exc:  # no engine, no SDK: nothing of ours runs there
@@ -136,4 +136,9 @@ def kill_sandboxes(pid: int, host: str | None = None) -> int:
         except Exception as exc:
             if getattr(exc, "status_code", None) != 404:
                 log.warning("could not remove sandbox %s: %s", container.name, exc)
+    # Their workspace volumes go too (the sandbox's own stop also tries, once freed).
+    for volume in client.volumes.list(
+            filters={"label": [f"{LABEL}=1", f"upgate.owner_pid={pid}"]}):
+        if (volume.attrs.get("Labels") or {}).get("upgate.owner_host") == host:
+            _remove_volume(volume)
     return removed
