@@ -97,6 +97,28 @@ class ServingConfig(BaseModel):
         return self.base_url.rstrip("/") + "/v1"
 
 
+class GatewayConfig(BaseModel):
+    """The entry point clients call: one OpenAI-compatible address in front of the
+    vLLM server(s), splitting each alias's traffic between versions by weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8012, ge=1, le=65535)
+    db: Path | None = None
+    """The route table and request log; default `gateway.db` in the state folder."""
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's root (no /v1)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The OpenAI-compatible API root clients use."""
+        return self.base_url + "/v1"
+
+
 class Settings(BaseSettings):
     """Everything upgate needs to run a cycle."""
 
@@ -111,6 +133,7 @@ class Settings(BaseSettings):
     agents: AgentsConfig
     target: TargetConfig
     serving: ServingConfig = ServingConfig()
+    gateway: GatewayConfig = GatewayConfig()
     sandbox: SandboxConfig = Field(default_factory=DockerSandboxConfig)
     mode: Literal["interactive", "batch"] = "interactive"
     notify: NotifySettings = NotifySettings()
@@ -129,10 +152,15 @@ class Settings(BaseSettings):
         """Environment first, then values passed in (the file's)."""
         return (env_settings, init_settings)
 
+    @property
+    def gateway_db(self) -> Path:
+        """The gateway's route table and request log."""
+        return self.gateway.db or self.state_dir / "gateway.db"
+
 
 _PATH_KEYS = (("state_dir",), ("policy",), ("target", "path"), ("target", "suite"),
               ("target", "hidden_tests"), ("serving", "base_model_path"), ("witness", "path"),
-              ("witness", "key_dir"))
+              ("witness", "key_dir"), ("gateway", "db"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

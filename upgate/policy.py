@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from upgate.errors import PolicyError
 from upgate.hashing import sha256_text
@@ -106,6 +107,46 @@ class Autonomy(BaseModel):
     """...over at least this many cases within the rollback window."""
 
 
+class Rollout(BaseModel):
+    """How a deployed served version takes live traffic: staged, compared, reversible.
+
+    Each step sends `percent` of the alias's unpinned traffic (through the gateway) to the
+    new version and bakes for `bake_s`; the new version is then compared with the stable one
+    on the requests of that window and on suite cases pinned to each. A breach of any limit
+    aborts and restores the stable version; otherwise the next step follows.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    """Off: the alias swaps for all traffic at once (the in-place swap)."""
+    steps: tuple[int, ...] = (5, 25, 100)
+    """Percent of traffic on the new version at each step; rises, ends at 100."""
+    bake_s: float = Field(default=30.0, ge=0.0)
+    min_requests: int = Field(default=10, ge=0)
+    """A step is judged only on at least this many requests to the new version (live plus
+    pinned suite cases); fewer is a breach, not a pass."""
+    max_error_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
+    """The new version's error rate may exceed the stable one's by at most this."""
+    max_p50_ratio: float = Field(default=1.5, gt=0.0)
+    max_p95_ratio: float = Field(default=2.0, gt=0.0)
+    suite_cases: int = Field(default=8, ge=0)
+    """Visible suite cases sent through the entry point to each version at each step."""
+    max_suite_drop: float = Field(default=0.1, ge=0.0, le=1.0)
+    """The new version's suite score may trail the stable one's by at most this."""
+    rollback_window_s: float = Field(default=600.0, ge=0.0)
+    """Blue/green: how long the old server stays warm after a switch."""
+
+    @field_validator("steps")
+    @classmethod
+    def _rising_to_100(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps or steps[-1] != 100 or any(
+                not 0 < a < b for a, b in pairwise(steps)) or steps[0] <= 0:
+            raise ValueError(f"steps must rise strictly from above 0 to 100, got {list(steps)}")
+        return steps
+
+
 RoleName = Literal["admin", "approver", "operator", "viewer"]
 
 
@@ -125,6 +166,7 @@ class Policy(BaseModel):
     kinds: dict[ChangeKind, KindRule] = Field(default_factory=dict)
     thresholds: Thresholds = Thresholds()
     autonomy: Autonomy = Autonomy()
+    rollout: Rollout = Rollout()
     content_hash: str = ""
 
     @property

@@ -83,3 +83,14 @@ def test_window_counts_errors_and_only_answered_latencies(tmp_path: Path) -> Non
     assert stats.p95_ms == 40.0
     empty = table.window("triage", "v3", since=0.0)
     assert (empty.requests, empty.error_rate, empty.p50_ms) == (0, 0.0, None)
+
+
+@pytest.mark.parametrize("steps", [[], [5, 25], [25, 5, 100], [0, 100], [50, 50, 100], [5, 110]])
+def test_rollout_steps_must_rise_to_100(steps: list[int]) -> None:
+    from pydantic import ValidationError
+
+    from upgate.policy import Rollout
+
+    with pytest.raises(ValidationError, match="steps must rise"):
+        Rollout(steps=tuple(steps))
+    assert Rollout(steps=(100,)).steps == (100,)
