@@ -13,7 +13,7 @@ from upgate.deploy.git import GitDeployer
 from upgate.deploy.lora_alias import LoraAliasDeployer
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
-from upgate.policy import ChangeKind
+from upgate.policy import ChangeKind, LandingMode
 from upgate.store import Store
 
 DeployTarget = Literal["git", "vllm"]
@@ -28,10 +28,15 @@ class DeployParts:
     store: Store
     admin: VllmAdmin | None
     alias: str | None
+    landing: LandingMode = "branch"
+    """How a git change lands on `base_branch` (the policy's `[landing] mode`)."""
+    baseline_of: Callable[[str], str | None] | None = None
+    """The commit a cycle's candidate was judged on, by cycle id (from the ledger)."""
 
 
 DEPLOYERS: dict[str, Callable[[DeployParts], Deployer]] = {
-    "git": lambda p: GitDeployer(p.repo, base=p.base_branch),
+    "git": lambda p: GitDeployer(p.repo, base=p.base_branch, landing=p.landing,
+                                 baseline_of=p.baseline_of),
     "vllm": lambda p: LoraAliasDeployer(p.admin, p.store, p.alias),
 }
 """Deployer factories by target tag."""
