@@ -244,3 +244,37 @@ def test_rollback_of_a_landed_change_is_a_recorded_revert(world: World) -> None:
     again = rollback_cycle(world.parts(), "c3", by="alice", reason="r")
     assert again.status == "already_restored"
     assert len(world.ledger.entries("c3")) == 2
+
+
+def test_a_revert_whose_record_was_lost_is_recorded_by_the_next_run(world: World) -> None:
+    repo = make_target_repo(world.root / "target")
+    deployer = GitDeployer(repo, base="main", landing="fast-forward")
+    deployment = deployer.deploy(edit_candidate(repo), "c3-d", cycle_id="c3", message="m")
+    world.ledger.append("c3", "deploy", "deployed",
+                        {"deployment": deployment.model_dump(mode="json")})
+    reverted = deployer.rollback(deployment)  # a run that crashed right after the revert
+    assert reverted.status == "restored"
+    out = rollback_cycle(world.parts(), "c3", by="alice", reason="r")
+    assert out.status == "rolled_back"
+    assert world.rollback_events() == [("c3", "rolled_back")]
+    assert world.ledger.entries("c3")[-1].payload["revert_commit"] == git(
+        repo, "rev-parse", "main") == reverted.detail["revert_commit"]
+    assert rollback_cycle(world.parts(), "c3", by="alice", reason="r").status == (
+        "already_restored")
+    assert world.rollback_events() == [("c3", "rolled_back")]
+
+
+def test_a_revert_that_conflicts_is_recorded_as_failed_and_changes_nothing(
+        world: World) -> None:
+    repo = make_target_repo(world.root / "target")
+    deployer = GitDeployer(repo, base="main", landing="fast-forward")
+    deployment = deployer.deploy(edit_candidate(repo), "c3-d", cycle_id="c3", message="m")
+    world.ledger.append("c3", "deploy", "deployed",
+                        {"deployment": deployment.model_dump(mode="json")})
+    (repo / "triage" / "prompt.txt").write_text("rewritten later\n")
+    git(repo, "-c", "user.name=o", "-c", "user.email=o@o", "commit", "-qam", "later")
+    head = git(repo, "rev-parse", "main")
+    out = rollback_cycle(world.parts(), "c3", by="alice", reason="r")
+    assert out.status == "failed" and "conflicts with later commits" in out.message
+    assert world.rollback_events() == [("c3", "failed")]
+    assert git(repo, "rev-parse", "main") == head

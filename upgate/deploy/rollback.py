@@ -303,16 +303,29 @@ def _revert_change(parts: RollbackParts, cycle_id: str, deployment: Deployment, 
     """A code, prompt or config change: the git deployer's rollback, recorded."""
     started, t0 = parts.now(), time.monotonic()
     deployer = parts.git_deployer()
-    result = deployer.rollback(deployment)
     previous = deployment.previous or {}
     where = str(previous.get("deploy_branch") or deployment.branch)
-    if result.status == "already_restored":
+    try:
+        result = deployer.rollback(deployment)
+    except DeployError as exc:
+        payload: dict[str, Any] = {
+            "branch": where, "from_version": deployment.commit, "trigger": "manual",
+            "by": by, "reason": reason, "started_at": started.isoformat(),
+            "duration_s": round(time.monotonic() - t0, 3), "reason_failed": str(exc)}
+        _append(parts, cycle_id, "failed", payload)
+        return RollbackOutcome(status="failed", cycle_id=cycle_id, record=payload,
+                               message=f"taking back cycle {cycle_id}'s change failed: {exc}")
+    recorded = any(e.node == NODE and e.event == "rolled_back"
+                   for e in parts.ledger.entries(cycle_id))
+    if result.status == "already_restored" and (recorded or "revert_commit" not in result.detail):
         return RollbackOutcome(status="already_restored", cycle_id=cycle_id,
                                message=f"cycle {cycle_id}'s change is already taken back "
                                        f"({result.detail}); nothing was changed or recorded")
     if result.status == "nothing_to_restore":
         return RollbackOutcome(status="nothing_to_restore", cycle_id=cycle_id,
                                message=f"nothing to restore on {where}: {result.detail}")
+    # Restored with no record: a run that reverted, then crashed before recording. The
+    # revert carries the deployment's trailer, so it is this rollback's own: record it now.
     health = deployer.verify(deployment)
     verified = Verified(models_ok=None, smoke_ok=None,
                         detail={"change_live": health.healthy, **health.detail})
