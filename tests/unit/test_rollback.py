@@ -278,3 +278,18 @@ def test_a_revert_that_conflicts_is_recorded_as_failed_and_changes_nothing(
     assert out.status == "failed" and "conflicts with later commits" in out.message
     assert world.rollback_events() == [("c3", "failed")]
     assert git(repo, "rev-parse", "main") == head
+
+
+def test_after_a_failed_check_the_same_command_again_records_the_success(
+        world: World) -> None:
+    world.fake.mute.add(ALIAS)
+    assert rollback_alias(world.parts(), ALIAS, "triage-v1", by="alice",
+                          reason="r").status == "failed"
+    world.fake.mute.clear()  # the server is fixed
+    out = rollback_alias(world.parts(), ALIAS, "triage-v1", by="alice", reason="r")
+    assert out.status == "rolled_back"
+    cycle = world.rollback_events()[0][0]
+    assert world.rollback_events() == [(cycle, "requested"), (cycle, "failed"),
+                                       (cycle, "rolled_back")]
+    assert rollback_alias(world.parts(), ALIAS, "triage-v1", by="alice",
+                          reason="r").status == "already_restored"

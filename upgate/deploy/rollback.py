@@ -178,14 +178,17 @@ def _restore_alias(parts: RollbackParts, target: _Target, reason: str) -> dict[s
 
 
 def _pending_request(parts: RollbackParts, alias: str, version: str) -> Entry | None:
-    """The newest unfinished `rollback/requested` for this alias and version, if any."""
-    last: dict[str, Entry] = {}
+    """The alias's newest rollback record, when it is an unfinished or failed restore of
+    `version`: the next run of the same restore completes it under the same record."""
+    last = None
     for e in parts.ledger.entries():
         if e.node == NODE and e.payload.get("alias") == alias:
-            last[e.cycle_id] = e
-    pending = [e for e in last.values() if e.event == "requested"
-               and e.payload.get("to_version") == version]
-    return pending[-1] if pending else None
+            last = e
+    if (last is not None and last.event in ("requested", "failed")
+            and last.payload.get("to_version") == version
+            and last.payload.get("trigger") == "manual"):
+        return last
+    return None
 
 
 def _append(parts: RollbackParts, cycle_id: str, event: str, payload: dict[str, Any]) -> None:
@@ -213,7 +216,7 @@ def restore_version(parts: RollbackParts, cycle_id: str, target: _Target, *,
     base = {"alias": target.alias, "from_version": from_version,
             "to_version": target.version, "trigger": "manual", "by": by, "reason": reason,
             "started_at": started.isoformat()}
-    if request is not None:  # a run that crashed after restoring: finish it, same record
+    if request is not None:  # a run that crashed or failed: finish it, same record
         cycle_id, base = request.cycle_id, {k: request.payload[k] for k in base}
         started = datetime.fromisoformat(str(base["started_at"]))
     else:
