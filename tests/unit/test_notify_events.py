@@ -213,3 +213,25 @@ def test_untrusted_words_cannot_ping_or_link_in_slack(tmp_path: Path) -> None:
     shown = json.dumps(payload)
     assert "<!channel>" not in shown and "<http://evil" not in shown
     assert "&lt;!channel&gt;" in shown
+
+
+def test_untrusted_words_cannot_format_in_slack(tmp_path: Path) -> None:
+    """mrkdwn has no escape for *bold*, _italic_, ~strike~ or `code`: the blocks that carry
+    words of models, candidates and people are plain text, and so is the fallback text."""
+    from upgate.ledger import Ledger
+    from upgate.notify.render import slack_blocks
+
+    notify = _settings()
+    data = {"reason": "*APPROVED BY SECURITY* _urgent_ ~ignore the critic~ `code`"}
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.append("c1", "record", "failed", data,
+                  outbox=outbox_for(notify, tmp_path, "record", "failed", data))
+    box = Outbox(tmp_path / "ledger.sqlite")
+    msg = compose(box.rows()[0], box.head(), notify)
+    payload = slack_payload(msg)
+    assert payload["mrkdwn"] is False
+    for block in slack_blocks(msg):
+        shown = block.to_dict()
+        if "APPROVED BY SECURITY" in json.dumps(shown):
+            texts = [shown.get("text") or {}, *(shown.get("fields") or [])]
+            assert {t["type"] for t in texts if t} == {"plain_text"}

@@ -149,8 +149,11 @@ def slack_blocks(msg: Message) -> list[Block]:
     """Block Kit for Slack: summary, scores, link, ledger head, approve/reject buttons."""
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"upgate: {msg.title}"[:150])),
-        SectionBlock(text=MarkdownTextObject(text=slack_escape(msg.text)[:2900]),
-                     fields=[MarkdownTextObject(text=f"*{k}*\n{slack_escape(v)}"[:1900])
+        # Plain text, not mrkdwn: the summary and fields carry words of models, candidates
+        # and people, and mrkdwn has no escape for *bold*, _italic_, ~strike~ or `code`.
+        SectionBlock(text=PlainTextObject(text=slack_escape(msg.text)[:2900], emoji=False),
+                     fields=[PlainTextObject(text=slack_escape(f"{k}: {v}")[:1900],
+                                             emoji=False)
                              for k, v in msg.fields[:10]]),
     ]
     if msg.link:
@@ -172,6 +175,7 @@ def slack_blocks(msg: Message) -> list[Block]:
 def slack_payload(msg: Message) -> dict[str, Any]:
     """The JSON body posted to a Slack incoming webhook."""
     return {"text": slack_escape(f"upgate: {msg.title}: {msg.text.splitlines()[0]}")[:300],
+            "mrkdwn": False,  # the notification text too stays words
             "blocks": [b.to_dict() for b in slack_blocks(msg)]}
 
 
