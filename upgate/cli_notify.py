@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,3 +160,46 @@ def _map_slack(slack_id: str, person: str, as_: str, key_dir: Path | None,
         store.close()
         ledger.close()
     console.print(f"Slack user {slack_id} is {person} (set by {admin})", highlight=False)
+
+
+@notify_app.command("receiver")
+def receiver(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1.")] = 8099,
+    interactivity: Annotated[str, typer.Option(
+        help="Where buttons post, e.g. http://127.0.0.1:8765/slack/actions.")] = "",
+    signing_secret_env: Annotated[str, typer.Option(
+        help="Environment variable holding the signing secret ([notify] "
+        "slack_signing_secret_env of the service).")] = "",
+) -> None:
+    """A local Slack stand-in: shows each message posted to it as text; type
+    `approve U0123ABC` (or reject, stop-batch) to press that button as that Slack user."""
+    _run(_receiver, port, interactivity, signing_secret_env)
+
+
+def _receiver(port: int, interactivity: str, signing_secret_env: str) -> None:
+    from upgate.notify.config import env_secret
+    from upgate.notify.standin import SlackStandIn
+
+    secret = env_secret(signing_secret_env, "the Slack signing secret") \
+        if signing_secret_env else ""
+    standin = SlackStandIn(signing_secret=secret, interactivity_url=interactivity,
+                           out=lambda s: console.print(s, highlight=False, markup=False))
+    standin.start(port)
+    console.print(f"Slack stand-in on {standin.url}: point a slack channel's webhook URL at "
+                  f"{standin.url}/slack", highlight=False)
+    try:
+        for line in sys.stdin:
+            words = line.split()
+            if len(words) != 2:
+                console.print("type: BUTTON SLACK_USER_ID (e.g. approve U0123ABC)")
+                continue
+            try:
+                answer = standin.press(words[0], user=words[1])
+                console.print(f"the endpoint answered {answer.status_code}", highlight=False)
+            except UpgateError as exc:
+                err.print(f"[red]error:[/red] {exc}", highlight=False)
+        threading.Event().wait()  # stdin closed (run in the background): keep listening
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.stop()
