@@ -16,6 +16,7 @@ from upgate.errors import ConfigError
 
 NotificationType = Literal[
     "approval_requested", "approval_decided", "approval_expired", "batch_paused", "deployed",
+    "batch_running",
     "rollout_step", "rolled_back", "verify_failed", "cycle_failed", "test",
 ]
 ALL_TYPES: tuple[str, ...] = NotificationType.__args__  # type: ignore[attr-defined]

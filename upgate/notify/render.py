@@ -15,6 +15,7 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    ConfirmObject,
     ContextBlock,
     HeaderBlock,
     MarkdownTextObject,
@@ -26,12 +27,16 @@ from upgate.notify.config import NotifySettings
 from upgate.notify.outbox import OutboxRow
 
 ACTION_PREFIX = "upgate"
+ACTIONS = ("approve", "reject", "stop")
+STOP_SUBJECT = "batch"
+"""The last part of a stop button's action id (it is bound to a batch, not to evidence)."""
 
 _TITLES = {
     "approval_requested": "Approval requested",
     "approval_decided": "Decision recorded",
     "approval_expired": "Approval request expired",
     "batch_paused": "Batch paused",
+    "batch_running": "Batch running",
     "deployed": "Deployed",
     "rollout_step": "Rollout step",
     "rolled_back": "Rolled back",
@@ -60,6 +65,8 @@ class Message(BaseModel):
     link: str | None
     buttons: bool
     facts: dict[str, Any]
+    stop_batch: str | None = None
+    """The running batch a "Stop batch" button stops (on batch_running messages)."""
 
 
 def action_id(action: str, cycle_id: str, evidence_hash: str) -> str:
@@ -70,7 +77,7 @@ def action_id(action: str, cycle_id: str, evidence_hash: str) -> str:
 def parse_action_id(value: str) -> tuple[str, str, str] | None:
     """(action, cycle id, evidence hash) from an action id, or None if it is not ours."""
     parts = value.split(":")
-    if len(parts) != 4 or parts[0] != ACTION_PREFIX or parts[1] not in ("approve", "reject"):
+    if len(parts) != 4 or parts[0] != ACTION_PREFIX or parts[1] not in ACTIONS:
         return None
     return parts[1], parts[2], parts[3]
 
@@ -97,6 +104,14 @@ def _text(kind: str, cycle: str, f: dict[str, Any]) -> str:
                     f"{f.get('observed', '?')} against {f.get('limit', '?')}). "
                     f"Next: {f.get('next_step', 'see `upgate inbox`')}")
         return f"The autonomous batch paused: {f.get('reason', '?')}"
+    if kind == "batch_running":
+        if f.get("by"):
+            return (f"{f['by']} resumed the autonomous batch `{f.get('batch_id', '?')}` on "
+                    f"{f.get('target', '?')}: {f.get('reason', '')}")
+        return (f"An autonomous batch `{f.get('batch_id', '?')}` runs on {f.get('target', '?')} "
+                f"for {f.get('requester', '?')} (up to {f.get('max_cycles', '?')} cycles, "
+                f"policy {f.get('policy_version', '?')}). Stop it here, or with `upgate stop "
+                f"--reason '...'`.")
     if kind == "deployed":
         d = f.get("deployment") or {}
         where = d.get("branch") or f"{d.get('alias')} -> {d.get('version_name')}"
@@ -130,12 +145,14 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
     if notify.chat_url and row.cycle_id and kind != "test":
         link = notify.chat_url.replace("{cycle_id}", row.cycle_id)
     evidence = f.get("evidence_hash") if kind == "approval_requested" else None
+    stop = str(f["batch_id"]) if kind == "batch_running" and f.get("batch_id") else None
     return Message(
         id=row.id, type=kind, cycle_id=row.cycle_id, title=_TITLES.get(kind, kind),
         text=_text(kind, row.cycle_id, f), fields=tuple(fields),
         evidence_hash=str(evidence) if evidence else None, ledger_seq=row.ledger_seq,
         ledger_hash=row.ledger_hash, head_seq=head[0], head_hash=head[1], link=link,
-        buttons=buttons and evidence is not None, facts=f,
+        buttons=buttons and (evidence is not None or stop is not None), facts=f,
+        stop_batch=stop,
     )
 
 
@@ -162,6 +179,15 @@ def slack_blocks(msg: Message) -> list[Block]:
                           action_id=action_id("approve", msg.cycle_id, msg.evidence_hash)),
             ButtonElement(text="Reject", style="danger", value=msg.evidence_hash,
                           action_id=action_id("reject", msg.cycle_id, msg.evidence_hash)),
+        ]))
+    if msg.buttons and msg.stop_batch:
+        blocks.append(ActionsBlock(block_id=f"stop:{msg.stop_batch}"[:255], elements=[
+            ButtonElement(text="Stop batch", style="danger", value=msg.stop_batch,
+                          action_id=action_id("stop", msg.stop_batch, STOP_SUBJECT),
+                          confirm=ConfirmObject(
+                              title="Stop this batch?", confirm="Stop it", deny="Cancel",
+                              text="Its sandboxes in flight are killed at once; only a "
+                                   "person's `upgate batch resume` continues it.")),
         ]))
     blocks.append(ContextBlock(elements=[MarkdownTextObject(
         text=f"ledger head #{msg.head_seq} `{msg.head_hash[:16]}` · entry #{msg.ledger_seq} "
