@@ -64,7 +64,7 @@ def _status(config: Path | None) -> None:
     console.print(f"ledger head #{seq} {digest[:16]}", highlight=False)
     if not settings.notify.channels:
         console.print("no channels configured: add [[notify.channels]] to upgate.toml")
-    table = Table("channel", "type", "pending", "failing", "delivered", "dead")
+    table = Table("channel", "type", "pending", "failing", "delivered", "dead", "in doubt")
     counts = outbox.counts()
     failing: dict[str, int] = {}
     for row in outbox.rows("pending"):
@@ -75,17 +75,22 @@ def _status(config: Path | None) -> None:
         c = counts.get(name, {})
         table.add_row(name, configured.get(name, "(removed)"), str(c.get("pending", 0)),
                       str(failing.get(name, 0)), str(c.get("delivered", 0)),
-                      str(c.get("dead", 0)))
+                      str(c.get("dead", 0)), str(c.get("doubt", 0)))
     console.print(table)
-    trouble = [r for r in outbox.rows() if r.status == "dead" or
+    trouble = [r for r in outbox.rows() if r.status in ("dead", "doubt") or
                (r.status == "pending" and r.attempts)]
     for row in trouble[-20:]:
-        when = "dead" if row.status == "dead" else f"next try {_ago(row.next_at)}"
+        when = (row.status if row.status in ("dead", "doubt")
+                else f"next try {_ago(row.next_at)}")
         console.print(f"  {row.id} {row.channel} {row.type} {row.cycle_id}: "
                       f"{row.attempts} attempt(s), {when}: {row.last_error}", highlight=False)
     if any(r.status == "dead" for r in trouble):
         console.print("retry dead messages after fixing the channel: upgate notify deliver "
                       "--retry-dead")
+    if any(r.status == "doubt" for r in trouble):
+        console.print("in doubt: a send was interrupted after it went out, so it may have "
+                      "arrived; check the channel, then send them again (marked as possible "
+                      "repeats) with: upgate notify deliver --resend-in-doubt")
 
 
 @notify_app.command("test")
@@ -114,16 +119,21 @@ def _test(channel: str, config: Path | None) -> None:
 
 @notify_app.command("deliver")
 def deliver(config: ConfigOpt = None, retry_dead: Annotated[bool, typer.Option(
-        help="Queue dead-lettered messages again first.")] = False) -> None:
+        help="Queue dead-lettered messages again first.")] = False,
+            resend_in_doubt: Annotated[bool, typer.Option(
+                help="Send messages held in doubt again (marked as possible repeats).")
+            ] = False) -> None:
     """Deliver what is due now (the server's worker does this continuously)."""
-    _run(_deliver, config, retry_dead)
+    _run(_deliver, config, retry_dead, resend_in_doubt)
 
 
-def _deliver(config: Path | None, retry_dead: bool) -> None:
+def _deliver(config: Path | None, retry_dead: bool, resend_in_doubt: bool) -> None:
     settings = load_settings(config)
     outbox = _outbox(settings)
     if retry_dead:
         console.print(f"{outbox.retry_dead()} dead message(s) queued again")
+    if resend_in_doubt:
+        console.print(f"{outbox.resend_doubt()} message(s) in doubt queued again")
     report = deliver_due(outbox, channels_of(settings.notify), settings.notify)
     console.print(f"delivered {len(report.delivered)}, to retry {len(report.retried)}, "
                   f"dead {len(report.dead)}")

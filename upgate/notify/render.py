@@ -66,6 +66,8 @@ class Message(BaseModel):
     buttons: bool
     facts: dict[str, Any]
     stop_batch: str | None = None
+    possible_repeat: bool = False
+    """An earlier send of this message was interrupted after it went out: it may be a copy."""
     """The running batch a "Stop batch" button stops (on batch_running messages)."""
 
 
@@ -152,7 +154,7 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
         evidence_hash=str(evidence) if evidence else None, ledger_seq=row.ledger_seq,
         ledger_hash=row.ledger_hash, head_seq=head[0], head_hash=head[1], link=link,
         buttons=buttons and (evidence is not None or stop is not None), facts=f,
-        stop_batch=stop,
+        stop_batch=stop, possible_repeat=row.interrupted > 0,
     )
 
 
@@ -189,15 +191,19 @@ def slack_blocks(msg: Message) -> list[Block]:
                               text="Its sandboxes in flight are killed at once; only a "
                                    "person's `upgate batch resume` continues it.")),
         ]))
+    repeat = (f"possible repeat: an earlier send of `{msg.id}` was interrupted; if it "
+              "showed already, this is the same message · ") if msg.possible_repeat else ""
     blocks.append(ContextBlock(elements=[MarkdownTextObject(
-        text=f"ledger head #{msg.head_seq} `{msg.head_hash[:16]}` · entry #{msg.ledger_seq} "
-             f"`{msg.ledger_hash[:16]}` · id `{msg.id}`")]))
+        text=f"{repeat}ledger head #{msg.head_seq} `{msg.head_hash[:16]}` · "
+             f"entry #{msg.ledger_seq} `{msg.ledger_hash[:16]}` · id `{msg.id}`")]))
     return blocks
 
 
 def slack_payload(msg: Message) -> dict[str, Any]:
     """The JSON body posted to a Slack incoming webhook."""
-    return {"text": slack_escape(f"upgate: {msg.title}: {msg.text.splitlines()[0]}")[:300],
+    again = " (possible repeat)" if msg.possible_repeat else ""
+    return {"text": slack_escape(f"upgate: {msg.title}{again}: "
+                                 f"{msg.text.splitlines()[0]}")[:300],
             "blocks": [b.to_dict() for b in slack_blocks(msg)]}
 
 
@@ -208,7 +214,7 @@ def webhook_body(msg: Message, timestamp: str) -> dict[str, Any]:
         "timestamp": timestamp,
         "data": {
             "id": msg.id, "cycle_id": msg.cycle_id, "title": msg.title, "text": msg.text,
-            "facts": msg.facts, "link": msg.link,
+            "facts": msg.facts, "link": msg.link, "possible_repeat": msg.possible_repeat,
             "ledger_entry": {"seq": msg.ledger_seq, "hash": msg.ledger_hash},
             "ledger_head": {"seq": msg.head_seq, "hash": msg.head_hash},
         },

@@ -66,14 +66,18 @@ def deliver_due(outbox: Outbox, channels: Mapping[str, Channel], notify: NotifyS
     """One pass: send every due message once; record the outcome of each attempt."""
     backoff = backoff or Backoff(notify.backoff_base_s, notify.backoff_max_s)
     report = DeliveryReport()
-    for row in outbox.claim(limit=limit, lease_s=notify.lease_s, channel=only_channel):
+    hold = {c.name for c in notify.channels if c.on_doubt == "hold"}
+    for row in outbox.claim(limit=limit, lease_s=notify.lease_s, channel=only_channel,
+                            hold=hold):
         channel = channels.get(row.channel)
         if channel is None:
             result = SendResult(ok=False, error=f"channel {row.channel!r} is no longer "
                                 "configured; add it back to [[notify.channels]]")
         else:
             try:
-                result = channel.send(compose(row, outbox.head(), notify))
+                msg = compose(row, outbox.head(), notify)
+                outbox.mark_sending(row.id)
+                result = channel.send(msg)
             except Exception as exc:  # a broken channel must not stop the others
                 log.exception("channel %s crashed", row.channel)
                 result = SendResult(ok=False, error=f"{type(exc).__name__}: {exc}")
