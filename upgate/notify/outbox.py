@@ -194,8 +194,11 @@ class Outbox:
 
     def resend_doubt(self, channel: str | None = None) -> int:
         """A person sends the rows held in doubt again (each flagged as a possible repeat)."""
-        sql = "UPDATE outbox SET status = 'pending', next_at = ? WHERE status = 'doubt'"
-        params: tuple[Any, ...] = (self.clock(),)
+        return self._requeue("doubt", "", channel)
+
+    def _requeue(self, status: str, reset: str, channel: str | None) -> int:
+        sql = f"UPDATE outbox SET status = 'pending', {reset}next_at = ? WHERE status = ?"  # noqa: S608
+        params: tuple[Any, ...] = (self.clock(), status)
         if channel is not None:
             sql += " AND channel = ?"
             params += (channel,)
@@ -264,14 +267,7 @@ class Outbox:
 
     def retry_dead(self, channel: str | None = None) -> int:
         """Put dead-lettered rows back in the queue (after fixing the channel)."""
-        sql = ("UPDATE outbox SET status = 'pending', attempts = 0, next_at = ? "
-               "WHERE status = 'dead'")
-        params: tuple[Any, ...] = (self.clock(),)
-        if channel is not None:
-            sql += " AND channel = ?"
-            params += (channel,)
-        with self._lock:
-            return self._db.execute(sql, params).rowcount
+        return self._requeue("dead", "attempts = 0, ", channel)
 
     def rows(self, status: str | None = None) -> list[OutboxRow]:
         """Every row (or those with one status), oldest first."""
