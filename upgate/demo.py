@@ -146,8 +146,11 @@ def run_batch(demo: Demo) -> str | None:
 
     # An autonomous batch that pauses at the first approval request: a recipe the critic
     # rejects is recorded and left out of the next proposal against the same baseline.
-    with console.status("running cycles: evaluate, propose, build in the sandbox, "
-                        "critique (minutes on a CPU)"):
+    from upgate.notify.worker import delivering
+
+    with delivering(runner.deps.state_dir, runner.deps.settings.notify), \
+            console.status("running cycles: evaluate, propose, build in the sandbox, "
+                           "critique (minutes on a CPU)"):
         report = runner.batch("alice", max_cycles=4, max_pending=1, pause_after_failures=4,
                               progress=_progress, on_cycle=lambda st: _finish(st, runner))
     console.print(f"\nbatch: {report.stopped_because}")

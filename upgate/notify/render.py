@@ -46,6 +46,10 @@ _TITLES = {
 }
 
 
+# Notifications about a batch or the ledger, not one cycle: no link to a cycle's chat page.
+_NO_CYCLE = ("test", "batch_paused", "batch_running", "verify_failed")
+
+
 class Message(BaseModel):
     """One notification, ready to render for any channel."""
 
@@ -144,7 +148,7 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
                    ("Policy", str(f.get("policy_version", ""))),
                    ("Expires", str(f.get("expires_at", "?"))[:19])]
     link = None
-    if notify.chat_url and row.cycle_id and kind != "test":
+    if notify.chat_url and row.cycle_id and kind not in _NO_CYCLE:
         link = notify.chat_url.replace("{cycle_id}", row.cycle_id)
     evidence = f.get("evidence_hash") if kind == "approval_requested" else None
     stop = str(f["batch_id"]) if kind == "batch_running" and f.get("batch_id") else None

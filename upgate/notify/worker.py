@@ -12,8 +12,8 @@ import hashlib
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,6 +195,21 @@ async def notify_lifespan(state_dir: Path, notify: NotifySettings,
     worker = start_worker(state_dir, notify, runner)
     try:
         yield {"notify_worker": worker}
+    finally:
+        worker.stop()
+
+
+@contextmanager
+def delivering(state_dir: Path, notify: NotifySettings) -> Iterator[NotifyWorker | None]:
+    """Deliver in the background while a long command runs (a batch): its "batch running"
+    message, with the stop button, and its approval requests go out as they happen, not
+    when the command ends. Nothing starts when no channel is configured."""
+    if not notify.channels:
+        yield None
+        return
+    worker = NotifyWorker(state_dir, notify).start()
+    try:
+        yield worker
     finally:
         worker.stop()
 
