@@ -139,7 +139,8 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
     """The message for one outbox row, under the ledger head at send time."""
     f = {k: v for k, v in row.payload.items() if k != "type"}
     kind = row.type
-    fields: list[tuple[str, str]] = [("Cycle", row.cycle_id)]
+    subject = "Batch" if kind.startswith("batch_") else "Cycle"
+    fields: list[tuple[str, str]] = [(subject, row.cycle_id)]
     if kind == "approval_requested":
         fields += [("Score", f"{_score(f.get('baseline_score'))} -> "
                              f"{_score(f.get('candidate_score'))}"),
