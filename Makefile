@@ -14,6 +14,7 @@
 #   make test-full  make test, then the soaks (tests marked `full`)
 #   make bench      the benchmarks (sandbox, critic, a governed cycle's stage times)
 #   make demo       one real upgrade cycle
+#   make demo-notify  the demo cycle told to a local Slack stand-in, approved by its button
 #   make image      upgate's own runtime image (Dockerfile), built without a package index
 #   make stop       stop the vLLM server
 #   make clean      remove caches and build outputs (keeps venvs and models)
@@ -52,6 +53,7 @@ WHEELHOUSE := $(ROOT)/.cache/wheelhouse
 
 .PHONY: help venv docker images vllm browser lint test-unit test-real test demo image stop clean distclean
 .PHONY: bwrap test-full bench
+.PHONY: demo-notify
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -143,6 +145,10 @@ bench: venv docker images vllm
 demo: venv docker images vllm
 	$(call say,"demo")
 	@cd $(ROOT) && $(PY) -m upgate.demo
+
+demo-notify: venv docker images vllm
+	$(call say,"demo with the Slack stand-in")
+	@cd $(ROOT) && $(PY) -m upgate.demo_notify
 
 image: venv docker
 	$(call say,"wheels for the image ($(WHEELHOUSE))")

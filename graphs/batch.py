@@ -35,7 +35,7 @@ from upgate.autonomy import (
 from upgate.batches import Board, Status, kill_sandboxes, process_alive
 from upgate.errors import UpgateError
 from upgate.graphs.state import CycleState
-from upgate.ledger import Entry
+from upgate.ledger import Entry, OutboxWrite
 from upgate.meter import SANDBOX_TIME, Meter, metered_factory, metering
 from upgate.notify.events import outbox_for
 from upgate.records import Proposal
@@ -255,6 +255,14 @@ def _last_served_score(runner: Runner) -> float | None:
     return None
 
 
+def _announce(runner: Runner, event: str, batch_id: str,
+              data: dict[str, Any]) -> list[OutboxWrite]:
+    """The "batch running" notification (with its stop button), in the entry's transaction."""
+    deps = runner.deps
+    return outbox_for(deps.settings.notify, deps.state_dir, "batch", event,
+                      {**data, "batch_id": batch_id, "target": deps.manifest.name})
+
+
 def start_batch(runner: Runner, requester: str, *, max_cycles: int,
                 max_pending: int | None = None, pause_after_failures: int | None = None,
                 progress: Progress | None = None,
@@ -276,10 +284,11 @@ def start_batch(runner: Runner, requester: str, *, max_cycles: int,
         runner.deps.ledger.append(b["batch_id"], "batch", "superseded",
                                   {"by": requester, "new_batch": batch_id})
         board.set_status(b["batch_id"], "done")
-    entry = runner.deps.ledger.append(batch_id, "batch", "started", {
-        "requester": requester, "max_cycles": max_cycles, "max_pending": max_pending,
-        "pause_after_failures": pause_after_failures,
-        "policy_version": runner.deps.policy.version_id})
+    started = {"requester": requester, "max_cycles": max_cycles, "max_pending": max_pending,
+               "pause_after_failures": pause_after_failures,
+               "policy_version": runner.deps.policy.version_id}
+    entry = runner.deps.ledger.append(batch_id, "batch", "started", started,
+                                      outbox=_announce(runner, "started", batch_id, started))
     board.begin(batch_id, requester)
     return BatchLoop(runner, requester, batch_id, max_cycles, entry.at, max_pending,
                      pause_after_failures, progress, on_cycle).run()
@@ -299,9 +308,10 @@ def resume_batch(runner: Runner, person: str, reason: str, *, max_cycles: int,
     b = held[-1]
     pause = b["pause"] or {}
     ledger = runner.deps.ledger
-    entry = ledger.append(b["batch_id"], "batch", "resumed", {
-        "by": person, "reason": reason, "held_by": pause,
-        "policy_version": runner.deps.policy.version_id})
+    resumed = {"by": person, "reason": reason, "held_by": pause,
+               "policy_version": runner.deps.policy.version_id}
+    entry = ledger.append(b["batch_id"], "batch", "resumed", resumed,
+                          outbox=_announce(runner, "resumed", b["batch_id"], resumed))
     if pause.get("threshold") == "max_accumulated_regression":
         ledger.append(b["batch_id"], COST_NODE, RESET_EVENT, {"by": person, "reason": reason})
     board.begin(b["batch_id"], b["requester"])
@@ -313,9 +323,15 @@ def resume_batch(runner: Runner, person: str, reason: str, *, max_cycles: int,
     return loop.run(resume_cycle=held_cycle if resumable else "")
 
 
-def press_stop(runner: Runner, person: str, reason: str,
-               batch_id: str | None = None) -> list[dict[str, Any]]:
-    """The stop button: flag running batches, kill their sandboxes, record who and why."""
+STOP_ROLES = ("operator", "approver", "admin")
+"""Who may press stop, from any channel: anyone who may run, approve or administer
+(stopping is always safe; only a person's resume continues)."""
+
+
+def press_stop(runner: Runner, person: str, reason: str, batch_id: str | None = None,
+               *, channel: str = "cli") -> list[dict[str, Any]]:
+    """The stop button: flag running batches, kill their sandboxes, record who, why and
+    through which channel (cli, chat, slack)."""
     if not reason.strip():
         raise BatchHeldError("say why you stop it: --reason '...'")
     board = Board(runner.deps.store)
@@ -324,7 +340,7 @@ def press_stop(runner: Runner, person: str, reason: str,
         killed = kill_sandboxes(int(b["pid"]), str(b["host"]))
         b["sandboxes_killed"] = killed
         runner.deps.ledger.append(b["batch_id"], "stop", "pressed", {
-            "by": person, "reason": reason, "sandboxes_killed": killed})
+            "by": person, "reason": reason, "channel": channel, "sandboxes_killed": killed})
         if not process_alive(int(b["pid"]), str(b["host"])):
             # Its process died without a word: nobody else will mark it, so this does.
             pause = Pause(threshold="stop", action="stop", observed=1, limit=1,

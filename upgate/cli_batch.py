@@ -70,10 +70,13 @@ def _open(config: Path | None, as_: str, key_dir: Path | None,
 
 def _run_with_bar(runner: Runner, total: int, go: Any) -> BatchReport:
     from upgate.cli import _finish, _progress, console
+    from upgate.notify.worker import delivering
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    deps = runner.deps
+    with delivering(deps.state_dir, deps.settings.notify), \
+            Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("cycles", total=total)
 
         def on_cycle(state: Any) -> None:

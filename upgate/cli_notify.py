@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +64,7 @@ def _status(config: Path | None) -> None:
     console.print(f"ledger head #{seq} {digest[:16]}", highlight=False)
     if not settings.notify.channels:
         console.print("no channels configured: add [[notify.channels]] to upgate.toml")
-    table = Table("channel", "type", "pending", "failing", "delivered", "dead")
+    table = Table("channel", "type", "pending", "failing", "delivered", "dead", "in doubt")
     counts = outbox.counts()
     failing: dict[str, int] = {}
     for row in outbox.rows("pending"):
@@ -73,17 +75,22 @@ def _status(config: Path | None) -> None:
         c = counts.get(name, {})
         table.add_row(name, configured.get(name, "(removed)"), str(c.get("pending", 0)),
                       str(failing.get(name, 0)), str(c.get("delivered", 0)),
-                      str(c.get("dead", 0)))
+                      str(c.get("dead", 0)), str(c.get("doubt", 0)))
     console.print(table)
-    trouble = [r for r in outbox.rows() if r.status == "dead" or
+    trouble = [r for r in outbox.rows() if r.status in ("dead", "doubt") or
                (r.status == "pending" and r.attempts)]
     for row in trouble[-20:]:
-        when = "dead" if row.status == "dead" else f"next try {_ago(row.next_at)}"
+        when = (row.status if row.status in ("dead", "doubt")
+                else f"next try {_ago(row.next_at)}")
         console.print(f"  {row.id} {row.channel} {row.type} {row.cycle_id}: "
                       f"{row.attempts} attempt(s), {when}: {row.last_error}", highlight=False)
     if any(r.status == "dead" for r in trouble):
         console.print("retry dead messages after fixing the channel: upgate notify deliver "
                       "--retry-dead")
+    if any(r.status == "doubt" for r in trouble):
+        console.print("in doubt: a send was interrupted after it went out, so it may have "
+                      "arrived; check the channel, then send them again (marked as possible "
+                      "repeats) with: upgate notify deliver --resend-in-doubt")
 
 
 @notify_app.command("test")
@@ -112,16 +119,21 @@ def _test(channel: str, config: Path | None) -> None:
 
 @notify_app.command("deliver")
 def deliver(config: ConfigOpt = None, retry_dead: Annotated[bool, typer.Option(
-        help="Queue dead-lettered messages again first.")] = False) -> None:
+        help="Queue dead-lettered messages again first.")] = False,
+            resend_in_doubt: Annotated[bool, typer.Option(
+                help="Send messages held in doubt again (marked as possible repeats).")
+            ] = False) -> None:
     """Deliver what is due now (the server's worker does this continuously)."""
-    _run(_deliver, config, retry_dead)
+    _run(_deliver, config, retry_dead, resend_in_doubt)
 
 
-def _deliver(config: Path | None, retry_dead: bool) -> None:
+def _deliver(config: Path | None, retry_dead: bool, resend_in_doubt: bool) -> None:
     settings = load_settings(config)
     outbox = _outbox(settings)
     if retry_dead:
         console.print(f"{outbox.retry_dead()} dead message(s) queued again")
+    if resend_in_doubt:
+        console.print(f"{outbox.resend_doubt()} message(s) in doubt queued again")
     report = deliver_due(outbox, channels_of(settings.notify), settings.notify)
     console.print(f"delivered {len(report.delivered)}, to retry {len(report.retried)}, "
                   f"dead {len(report.dead)}")
@@ -158,3 +170,46 @@ def _map_slack(slack_id: str, person: str, as_: str, key_dir: Path | None,
         store.close()
         ledger.close()
     console.print(f"Slack user {slack_id} is {person} (set by {admin})", highlight=False)
+
+
+@notify_app.command("receiver")
+def receiver(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1.")] = 8099,
+    interactivity: Annotated[str, typer.Option(
+        help="Where buttons post, e.g. http://127.0.0.1:8765/slack/actions.")] = "",
+    signing_secret_env: Annotated[str, typer.Option(
+        help="Environment variable holding the signing secret ([notify] "
+        "slack_signing_secret_env of the service).")] = "",
+) -> None:
+    """A local Slack stand-in: shows each message posted to it as text; type
+    `approve U0123ABC` (or reject, stop-batch) to press that button as that Slack user."""
+    _run(_receiver, port, interactivity, signing_secret_env)
+
+
+def _receiver(port: int, interactivity: str, signing_secret_env: str) -> None:
+    from upgate.notify.config import env_secret
+    from upgate.notify.standin import SlackStandIn
+
+    secret = env_secret(signing_secret_env, "the Slack signing secret") \
+        if signing_secret_env else ""
+    standin = SlackStandIn(signing_secret=secret, interactivity_url=interactivity,
+                           out=lambda s: console.print(s, highlight=False, markup=False))
+    standin.start(port)
+    console.print(f"Slack stand-in on {standin.url}: point a slack channel's webhook URL at "
+                  f"{standin.url}/slack", highlight=False)
+    try:
+        for line in sys.stdin:
+            words = line.split()
+            if len(words) != 2:
+                console.print("type: BUTTON SLACK_USER_ID (e.g. approve U0123ABC)")
+                continue
+            try:
+                answer = standin.press(words[0], user=words[1])
+                console.print(f"the endpoint answered {answer.status_code}", highlight=False)
+            except UpgateError as exc:
+                err.print(f"[red]error:[/red] {exc}", highlight=False)
+        threading.Event().wait()  # stdin closed (run in the background): keep listening
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.stop()

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -31,6 +32,8 @@ console = Console(soft_wrap=True)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTIFY_ENV = "UPGATE_DEMO_NOTIFY_URL"
+SLACK_SECRET_ENV = "UPGATE_DEMO_SLACK_SECRET"  # noqa: S105 (a variable name)
+SERVE_PORT = 8765
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -70,8 +73,13 @@ def layout(root: Path, *, port: int, sandbox: str = "docker") -> Path:
         # Opt-in: notifications to the webhook URL the variable holds (e.g. a local receiver:
         # `python -m upgate.notify.testing --port 8099`, then
         # UPGATE_DEMO_NOTIFY_URL=http://127.0.0.1:8099/).
+        # With UPGATE_DEMO_SLACK_SECRET set too, its buttons go to `upgate serve`.
+        buttons = (f'slack_signing_secret_env = "{SLACK_SECRET_ENV}"\n'
+                   if os.environ.get(SLACK_SECRET_ENV) else "")
         with config.open("a") as fh:
-            fh.write(f'\n[[notify.channels]]\ntype = "slack"\nname = "demo"\n'
+            fh.write(f'\n[notify]\n{buttons}'
+                     f'chat_url = "http://127.0.0.1:{SERVE_PORT}/?cycle={{cycle_id}}"\n'
+                     f'\n[[notify.channels]]\ntype = "slack"\nname = "demo"\n'
                      f'webhook_url_env = "{NOTIFY_ENV}"\n')
     return config
 
@@ -103,8 +111,19 @@ def people(settings: Settings, keys: Path, tokens: Path) -> None:
         ledger.close()
 
 
-def main() -> None:
-    """Run the demo."""
+@dataclass
+class Demo:
+    """The demo folder, laid out and with its people: what the demo's steps share."""
+
+    root: Path
+    config: Path
+    settings: Settings
+    keys: Path
+    runner: Runner
+
+
+def prepare() -> Demo:
+    """Lay out the demo folder ($UPGATE_DEMO_DIR, else .upgate-demo) and its people."""
     root = Path(os.environ.get("UPGATE_DEMO_DIR", REPO / ".upgate-demo")).resolve()
     port = int(os.environ.get("UPGATE_VLLM_PORT", "8011"))
     root.mkdir(parents=True, exist_ok=True)
@@ -112,8 +131,13 @@ def main() -> None:
     settings = load_settings(config)
     keys = root / "keys"
     people(settings, keys, root / "tokens")
-    runner = Runner(build_deps(settings))
-    console.print(f"[bold]upgate demo[/bold] in {root}")
+    return Demo(root, config, settings, keys, Runner(build_deps(settings)))
+
+
+def run_batch(demo: Demo) -> str | None:
+    """Run the demo's batch; returns its last cycle, if it ran any."""
+    runner = demo.runner
+    console.print(f"[bold]upgate demo[/bold] in {demo.root}")
     console.print("  target: ticket-triage (a support-ticket router served by vLLM as 'triage')")
     console.print("  people: alice (admin) requests, bob approves; private keys in keys/, "
                   "outside state/\n")
@@ -122,8 +146,11 @@ def main() -> None:
 
     # An autonomous batch that pauses at the first approval request: a recipe the critic
     # rejects is recorded and left out of the next proposal against the same baseline.
-    with console.status("running cycles: evaluate, propose, build in the sandbox, "
-                        "critique (minutes on a CPU)"):
+    from upgate.notify.worker import delivering
+
+    with delivering(runner.deps.state_dir, runner.deps.settings.notify), \
+            console.status("running cycles: evaluate, propose, build in the sandbox, "
+                           "critique (minutes on a CPU)"):
         report = runner.batch("alice", max_cycles=4, max_pending=1, pause_after_failures=4,
                               progress=_progress, on_cycle=lambda st: _finish(st, runner))
     console.print(f"\nbatch: {report.stopped_because}")
@@ -132,10 +159,17 @@ def main() -> None:
 
         deliver_after_command()
         console.print(f"notifications sent to ${NOTIFY_ENV} (see `upgate notify status`)")
-    if not report.cycles:
+    return report.cycles[-1] if report.cycles else None
+
+
+def main() -> None:
+    """Run the demo."""
+    demo = prepare()
+    cycle = run_batch(demo)
+    if cycle is None:
         return
-    cycle = report.cycles[-1]
-    state = runner.state(cycle)
+    root, config, keys = demo.root, demo.config, demo.keys
+    state = demo.runner.state(cycle)
     up = f"{sys.executable} -m upgate.cli"
     if state.get("outcome") == "awaiting_approval":
         console.print("\n[bold]To approve it as bob (this swaps the served model):[/bold]")
@@ -149,7 +183,7 @@ def main() -> None:
                       f"--config {config}   # once", highlight=False, soft_wrap=True)
         console.print(f"  UPGATE_KEY_DIR={keys} {up} serve --config {config}",
                       highlight=False, soft_wrap=True)
-        console.print(f"  then open http://127.0.0.1:8765/?cycle={cycle} and log in as bob "
+        console.print(f"  then open http://127.0.0.1:{SERVE_PORT}/?cycle={cycle} and log in as bob "
                       f"(token in {root / 'tokens' / 'bob'})", highlight=False, soft_wrap=True)
     console.print("[bold]Then:[/bold]")
     console.print(f"  {up} history {cycle} --config {config}", highlight=False, soft_wrap=True)

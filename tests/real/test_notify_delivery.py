@@ -144,7 +144,7 @@ def test_a_worker_killed_after_sending_causes_no_duplicate_delivery(
     worker.send_signal(signal.SIGKILL)  # ...and is killed before it can mark it delivered
     worker.wait()
     row = Outbox.of_state(tmp_path).rows()[0]
-    assert row.status == "pending" and row.attempts == 1 and row.lease_until > time.time()
+    assert row.status == "sending" and row.attempts == 1 and row.lease_until > time.time()
 
     receiver.mode = "ok"
     clock = Clock()
@@ -161,3 +161,69 @@ def test_a_worker_killed_after_sending_causes_no_duplicate_delivery(
     for r in got:
         Webhook(SECRET).verify(r.body, r.headers)
     assert list(receiver.unique) == [got[0].headers["webhook-id"]]
+    assert [r.json()["data"]["possible_repeat"] for r in got] == [False, True]
+
+
+# A worker that dies exactly between the receiver's 200 and marking the row delivered.
+_DIES_BEFORE_MARKING = """
+import os, signal, sys
+from pathlib import Path
+from upgate.notify.config import NotifySettings
+from upgate.notify.outbox import Outbox
+from upgate.notify.worker import channels_of, deliver_due
+Outbox.mark_delivered = lambda self, mid: os.kill(os.getpid(), signal.SIGKILL)
+settings = NotifySettings.model_validate_json(sys.argv[2])
+deliver_due(Outbox.of_state(Path(sys.argv[1])), channels_of(settings), settings,
+            only_channel=sys.argv[3])
+"""
+
+
+def _sent_then_killed(state: Path, env: NotifySettings, channel: str) -> None:
+    worker = subprocess.run([sys.executable, "-c", _DIES_BEFORE_MARKING, str(state),
+                             env.model_dump_json(), channel], env={**os.environ}, check=False)
+    assert worker.returncode == -signal.SIGKILL
+
+
+def test_killed_between_send_and_mark_each_consumer_sees_each_id_once(
+    tmp_path: Path, env: NotifySettings, receiver: LoopbackReceiver,
+) -> None:
+    queue(tmp_path, ["team", "audit"])
+    for channel in ("team", "audit"):  # each arrived; neither was marked
+        _sent_then_killed(tmp_path, env, channel)
+    got = receiver.wait_for(2)
+    assert sorted(r.path for r in got) == ["/hook", "/slack"]
+    box = Outbox.of_state(tmp_path)
+    assert {r.status for r in box.rows()} == {"sending"}
+
+    # A new worker once the dead one's lease ended. The webhook (on_doubt "resend") goes
+    # again under the same webhook-id, flagged; Slack (on_doubt "hold") is not sent again.
+    clock = Clock()
+    clock.t = max(r.lease_until for r in box.rows()) + 1
+    box = Outbox.of_state(tmp_path, clock=clock)
+    report = deliver_due(box, channels_of(env), env)
+    assert len(report.delivered) == 1
+    assert deliver_due(box, channels_of(env), env).delivered == []  # and nothing more
+    rows = {r.channel: r for r in box.rows()}
+    assert rows["audit"].status == "delivered" and rows["audit"].interrupted == 1
+    assert rows["team"].status == "doubt" and "may have arrived" in rows["team"].last_error
+    hooks = [r for r in receiver.requests if r.path == "/hook"]
+    slacks = [r for r in receiver.requests if r.path == "/slack"]
+    assert len(hooks) == 2 and len(slacks) == 1
+    assert hooks[0].headers["webhook-id"] == hooks[1].headers["webhook-id"]
+    for r in hooks:
+        Webhook(SECRET).verify(r.body, r.headers)  # a consumer keeps the first valid copy
+    assert [r.json()["data"]["possible_repeat"] for r in hooks] == [False, True]
+    # What each consumer acts on: one message per id.
+    assert sorted(receiver.unique) == sorted({hooks[0].headers["webhook-id"],
+                                              slacks[0].headers["x-upgate-idempotency-key"]})
+
+    # A person who checked Slack and found it missing sends it again: marked as a repeat.
+    assert box.resend_doubt() == 1
+    assert len(deliver_due(box, channels_of(env), env).delivered) == 1
+    again = [r for r in receiver.wait_for(4) if r.path == "/slack"]
+    assert len(again) == 2
+    assert (again[1].headers["x-upgate-idempotency-key"]
+            == again[0].headers["x-upgate-idempotency-key"])
+    assert "(possible repeat)" in again[1].json()["text"]
+    assert "possible repeat" not in again[0].json()["text"]
+    Block.parse_all(again[1].json()["blocks"])

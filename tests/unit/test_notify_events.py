@@ -100,7 +100,8 @@ def test_a_failed_cycle_is_notified(workdir: Path) -> None:
 def test_the_mapping_covers_every_issue_event() -> None:
     assert set(EVENTS.values()) == {
         "approval_requested", "approval_decided", "approval_expired", "batch_paused",
-        "deployed", "rollout_step", "rolled_back", "verify_failed", "cycle_failed"}
+        "deployed", "rollout_step", "rolled_back", "verify_failed", "cycle_failed",
+        "batch_running"}  # a running batch, announced with its stop button
 
 def test_a_batch_pause_names_its_threshold_and_numbers(tmp_path: Path) -> None:
     from upgate.ledger import Ledger

@@ -215,3 +215,56 @@ def test_a_ledger_that_fails_verification_is_notified_once(ledger: Ledger,
     alerts = [r for r in box.rows() if r.type == "verify_failed"]
     assert len(box.rows()) == before + 2 and {r.channel for r in alerts} == {"w0", "w1"}
     assert any("dropped" in p for p in alerts[0].payload["problems"])
+
+
+def test_only_a_row_whose_send_began_is_in_doubt_after_a_crash(ledger: Ledger,
+                                                               tmp_path: Path) -> None:
+    clock = Clock()
+    _queue(ledger, n=2)
+    box = Outbox(tmp_path / "ledger.sqlite", clock=clock)
+    sent, unsent = box.claim(lease_s=60)  # a worker claims both...
+    box.mark_sending(sent.id)  # ...its request for the first goes out, then it dies
+    assert box.claim(lease_s=60) == []  # both still leased
+    clock.t += 61
+    again = box.claim(lease_s=60, hold={"w0"})
+    # The one that never went out is simply due again; the one that did waits for a person.
+    assert [r.id for r in again] == [unsent.id] and again[0].interrupted == 0
+    held = box.get(sent.id)
+    assert held is not None and held.status == "doubt" and held.interrupted == 1
+    box.mark_delivered(unsent.id)
+    clock.t += 61
+    assert box.claim(lease_s=60, hold={"w0"}) == []  # a held row is never taken by itself
+    assert box.resend_doubt() == 1
+    (resent,) = box.claim(lease_s=60, hold={"w0"})
+    assert resent.id == sent.id and resent.interrupted == 1 and resent.attempts == 2
+
+
+def test_a_resent_row_is_flagged_as_a_possible_repeat(ledger: Ledger, tmp_path: Path) -> None:
+    clock = Clock()
+    _queue(ledger)
+    box = Outbox(tmp_path / "ledger.sqlite", clock=clock)
+    (row,) = box.claim(lease_s=60)
+    box.mark_sending(row.id)
+    clock.t += 61  # the worker died after sending; w0 is a webhook channel: resend
+    channel = ScriptedChannel("w0", [True])
+    assert deliver_due(box, {"w0": channel}, notify()).delivered == [row.id]
+    assert [m.possible_repeat for m in channel.sent] == [True]
+    assert [m.id for m in channel.sent] == [row.id]  # the same idempotency id
+
+
+def test_an_outbox_made_before_the_doubt_state_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE outbox (id TEXT PRIMARY KEY, channel TEXT NOT NULL, type TEXT "
+               "NOT NULL, cycle_id TEXT NOT NULL, ledger_seq INTEGER NOT NULL, ledger_hash "
+               "TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', "
+               "attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, lease_until REAL "
+               "NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '', created_at REAL NOT "
+               "NULL, delivered_at REAL)")
+    db.execute("INSERT INTO outbox (id, channel, type, cycle_id, ledger_seq, ledger_hash, "
+               "payload, next_at, created_at) VALUES ('m1', 'w0', 'test', 'c', 1, 'h', '{}', "
+               "0, 0)")
+    db.commit()
+    db.close()
+    (row,) = Outbox(path).claim()
+    assert row.id == "m1" and row.interrupted == 0

@@ -16,6 +16,7 @@ from upgate.errors import ConfigError
 
 NotificationType = Literal[
     "approval_requested", "approval_decided", "approval_expired", "batch_paused", "deployed",
+    "batch_running",
     "rollout_step", "rolled_back", "verify_failed", "cycle_failed", "test",
 ]
 ALL_TYPES: tuple[str, ...] = NotificationType.__args__  # type: ignore[attr-defined]
@@ -51,6 +52,9 @@ class SlackChannelConfig(_ChannelBase):
     """A Slack incoming webhook (Block Kit messages with approve and reject buttons)."""
 
     type: Literal["slack"] = "slack"
+    on_doubt: Literal["resend", "hold"] = "hold"
+    """A message whose send was interrupted (it may have arrived) waits for a person: an
+    incoming webhook cannot drop a copy by id, so Slack never shows one twice by itself."""
     webhook_url_env: str = Field(pattern=_ENV_NAME)
     """Name of the environment variable holding the incoming webhook's URL."""
     buttons: bool = True
@@ -68,6 +72,9 @@ class WebhookChannelConfig(_ChannelBase):
     """A generic webhook, signed per the Standard Webhooks specification."""
 
     type: Literal["webhook"] = "webhook"
+    on_doubt: Literal["resend", "hold"] = "resend"
+    """A message whose send was interrupted is sent again under the same `webhook-id`,
+    which a Standard Webhooks consumer uses to keep one copy."""
     url: str
     secret_env: str = Field(pattern=_ENV_NAME)
     """Name of the environment variable holding the signing secret (`whsec_...`)."""

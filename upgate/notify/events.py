@@ -24,6 +24,8 @@ EVENTS: dict[tuple[str, str], str] = {
     ("approve", "expired"): "approval_expired",
     ("batch", "paused"): "batch_paused",
     ("batch", "stopped"): "batch_paused",  # a stop is a pause only a person lifts
+    ("batch", "started"): "batch_running",  # carries the Slack stop button
+    ("batch", "resumed"): "batch_running",
     ("deploy", "deployed"): "deployed",
     ("rollout", "step"): "rollout_step",
     ("rollback", "rolled_back"): "rolled_back",
@@ -39,6 +41,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "approval_expired": ("requested_at", "expired_at", "evidence_hash", "reason"),
     "batch_paused": ("reason", "threshold", "action", "observed", "limit", "detail",
                      "next_step", "batch_id", "cycle_id", "target", "cycles", "outcomes"),
+    "batch_running": ("batch_id", "target", "requester", "by", "reason", "max_cycles",
+                      "policy_version"),
     "deployed": ("deployment",),
     "rollout_step": ("step", "percent", "alias", "version_name", "healthy"),
     "rolled_back": ("restored", "branch_deleted", "reason"),

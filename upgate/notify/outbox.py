@@ -3,9 +3,21 @@
 The rows live in the same SQLite file as the ledger so that `Ledger.append(..., outbox=...)`
 writes an entry and its notifications in one transaction: a decision is never recorded
 without its notification queued, and a notification never exists for a decision that was
-rolled back. Delivery is at least once: a worker claims a row with a lease, sends it, and
-marks it delivered; a worker that dies after sending leaves the lease to expire and the row
-is sent again under the same idempotency id, which the receiver uses to drop the copy.
+rolled back.
+
+A row moves pending -> sending -> delivered (or back to pending for a retry, or dead).
+A worker claims rows under a lease, sets each `sending` right before its request goes out,
+and marks the outcome right after the receiver answers. A row still `sending` once its lease
+ended is one whose worker died between sending and marking: nobody knows whether the
+receiver got it. Each channel says what happens then (`on_doubt`):
+
+- "resend": it is sent again under the same idempotency id, flagged as a possible repeat.
+  At least once on the wire; exactly once for a consumer that keeps the first copy of each
+  id (Standard Webhooks consumers dedupe on `webhook-id`). The webhook channels' default.
+- "hold": it is not sent again; it waits in the `doubt` state, listed by `upgate notify
+  status`, until a person resends it (`upgate notify deliver --resend-in-doubt`). At most
+  once without a person: a Slack incoming webhook cannot drop a copy by id, so the Slack
+  channels' default never shows the same message twice by itself.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +53,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     lease_until REAL NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    delivered_at REAL
+    delivered_at REAL,
+    interrupted INTEGER NOT NULL DEFAULT 0
 )
 """
+# Added after the first release: tables made before it get the column on open.
+_MIGRATE = ("interrupted", "ALTER TABLE outbox ADD COLUMN interrupted INTEGER NOT NULL "
+            "DEFAULT 0")
 _INDEX = "CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_at)"
 _COLUMNS = ("id", "channel", "type", "cycle_id", "ledger_seq", "ledger_hash", "payload",
             "status", "attempts", "next_at", "lease_until", "last_error", "created_at",
-            "delivered_at")
+            "delivered_at", "interrupted")
 
 Clock = Callable[[], float]
 
@@ -72,6 +88,8 @@ class OutboxRow(BaseModel):
     last_error: str
     created_at: float
     delivered_at: float | None
+    interrupted: int = 0
+    """How many times a worker died between sending this and marking the outcome."""
 
 
 def message_id(ledger_hash: str, channel: str) -> str:
@@ -111,6 +129,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_TABLE)
         self._db.execute(_INDEX)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)").fetchall()}
+        if _MIGRATE[0] not in columns:
+            self._db.execute(_MIGRATE[1])
 
     @classmethod
     def of_state(cls, state_dir: Path, *, clock: Clock = time.time) -> Outbox:
@@ -144,13 +165,52 @@ class Outbox:
                 ids.append(mid)
         return ids
 
-    def claim(self, *, limit: int = 20, lease_s: float = 60.0,
-              channel: str | None = None) -> list[OutboxRow]:
-        """Take up to `limit` due rows under a lease; another worker skips them meanwhile.
+    def recover_interrupted(self, hold: Collection[str] = ()) -> list[str]:
+        """Rows whose worker died between sending and marking (still `sending`, lease over):
+        those of the channels in `hold` wait in `doubt` for a person; the others are due
+        again, flagged as possible repeats. Returns their ids."""
+        now = self.clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT id, channel FROM outbox WHERE status = 'sending' AND lease_until <= ?",
+                    (now,)).fetchall()
+                for mid, channel in rows:
+                    self._db.execute(
+                        "UPDATE outbox SET status = ?, interrupted = interrupted + 1, "
+                        "lease_until = 0, next_at = ?, last_error = ? WHERE id = ?",
+                        ("doubt" if channel in hold else "pending", now,
+                         "the worker stopped between sending and recording the answer; it "
+                         "may have arrived", mid))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if rows:
+            log.warning("%d notification(s) were interrupted mid-send: %s", len(rows),
+                        ", ".join(f"{m} ({'held' if c in hold else 'resent'})" for m, c in rows))
+        return [str(m) for m, _ in rows]
 
-        The claim counts an attempt before anything is sent, so a worker killed mid-send
-        still uses up one of the message's attempts.
-        """
+    def resend_doubt(self, channel: str | None = None) -> int:
+        """A person sends the rows held in doubt again (each flagged as a possible repeat)."""
+        return self._requeue("doubt", "", channel)
+
+    def _requeue(self, status: str, reset: str, channel: str | None) -> int:
+        sql = f"UPDATE outbox SET status = 'pending', {reset}next_at = ? WHERE status = ?"  # noqa: S608
+        params: tuple[Any, ...] = (self.clock(), status)
+        if channel is not None:
+            sql += " AND channel = ?"
+            params += (channel,)
+        with self._lock:
+            return self._db.execute(sql, params).rowcount
+
+    def claim(self, *, limit: int = 20, lease_s: float = 60.0, channel: str | None = None,
+              hold: Collection[str] = ()) -> list[OutboxRow]:
+        """Take up to `limit` due rows under a lease, so another worker skips them; the claim
+        counts an attempt. Rows a dead worker left mid-send are recovered first
+        (`recover_interrupted`, with the channels that `hold`)."""
+        self.recover_interrupted(hold)
         now = self.clock()
         where = "status = 'pending' AND next_at <= ? AND lease_until <= ?"
         params: tuple[Any, ...] = (now, now)
@@ -179,6 +239,12 @@ class Outbox:
                           (mid,))
         return rows[0] if rows else None
 
+    def mark_sending(self, mid: str) -> None:
+        """Right before this row's request goes out: from here until its outcome is marked,
+        a crash leaves it in doubt (a claimed row not yet sent is merely due again)."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET status = 'sending' WHERE id = ?", (mid,))
+
     def mark_delivered(self, mid: str) -> None:
         """The receiver accepted the message."""
         with self._lock:
@@ -196,19 +262,12 @@ class Outbox:
                     " WHERE id = ?", (error[:500], mid))
             else:
                 self._db.execute(
-                    "UPDATE outbox SET next_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
-                    (now + retry_in, error[:500], mid))
+                    "UPDATE outbox SET status = 'pending', next_at = ?, lease_until = 0, "
+                    "last_error = ? WHERE id = ?", (now + retry_in, error[:500], mid))
 
     def retry_dead(self, channel: str | None = None) -> int:
         """Put dead-lettered rows back in the queue (after fixing the channel)."""
-        sql = ("UPDATE outbox SET status = 'pending', attempts = 0, next_at = ? "
-               "WHERE status = 'dead'")
-        params: tuple[Any, ...] = (self.clock(),)
-        if channel is not None:
-            sql += " AND channel = ?"
-            params += (channel,)
-        with self._lock:
-            return self._db.execute(sql, params).rowcount
+        return self._requeue("dead", "attempts = 0, ", channel)
 
     def rows(self, status: str | None = None) -> list[OutboxRow]:
         """Every row (or those with one status), oldest first."""
@@ -233,7 +292,8 @@ class Outbox:
         """When the earliest pending row becomes due (or its lease ends)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(MAX(next_at, lease_until)) FROM outbox WHERE status = 'pending'"
+                "SELECT MIN(MAX(next_at, lease_until)) FROM outbox "
+                "WHERE status IN ('pending', 'sending')"
             ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 

@@ -15,6 +15,7 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    ConfirmObject,
     ContextBlock,
     HeaderBlock,
     MarkdownTextObject,
@@ -26,12 +27,16 @@ from upgate.notify.config import NotifySettings
 from upgate.notify.outbox import OutboxRow
 
 ACTION_PREFIX = "upgate"
+ACTIONS = ("approve", "reject", "stop")
+STOP_SUBJECT = "batch"
+"""The last part of a stop button's action id (it is bound to a batch, not to evidence)."""
 
 _TITLES = {
     "approval_requested": "Approval requested",
     "approval_decided": "Decision recorded",
     "approval_expired": "Approval request expired",
     "batch_paused": "Batch paused",
+    "batch_running": "Batch running",
     "deployed": "Deployed",
     "rollout_step": "Rollout step",
     "rolled_back": "Rolled back",
@@ -39,6 +44,10 @@ _TITLES = {
     "cycle_failed": "Cycle failed",
     "test": "Test message",
 }
+
+
+# Notifications about a batch or the ledger, not one cycle: no link to a cycle's chat page.
+_NO_CYCLE = ("test", "batch_paused", "batch_running", "verify_failed")
 
 
 class Message(BaseModel):
@@ -60,6 +69,10 @@ class Message(BaseModel):
     link: str | None
     buttons: bool
     facts: dict[str, Any]
+    stop_batch: str | None = None
+    possible_repeat: bool = False
+    """An earlier send of this message was interrupted after it went out: it may be a copy."""
+    """The running batch a "Stop batch" button stops (on batch_running messages)."""
 
 
 def action_id(action: str, cycle_id: str, evidence_hash: str) -> str:
@@ -70,7 +83,7 @@ def action_id(action: str, cycle_id: str, evidence_hash: str) -> str:
 def parse_action_id(value: str) -> tuple[str, str, str] | None:
     """(action, cycle id, evidence hash) from an action id, or None if it is not ours."""
     parts = value.split(":")
-    if len(parts) != 4 or parts[0] != ACTION_PREFIX or parts[1] not in ("approve", "reject"):
+    if len(parts) != 4 or parts[0] != ACTION_PREFIX or parts[1] not in ACTIONS:
         return None
     return parts[1], parts[2], parts[3]
 
@@ -97,6 +110,14 @@ def _text(kind: str, cycle: str, f: dict[str, Any]) -> str:
                     f"{f.get('observed', '?')} against {f.get('limit', '?')}). "
                     f"Next: {f.get('next_step', 'see `upgate inbox`')}")
         return f"The autonomous batch paused: {f.get('reason', '?')}"
+    if kind == "batch_running":
+        if f.get("by"):
+            return (f"{f['by']} resumed the autonomous batch `{f.get('batch_id', '?')}` on "
+                    f"{f.get('target', '?')}: {f.get('reason', '')}")
+        return (f"An autonomous batch `{f.get('batch_id', '?')}` runs on {f.get('target', '?')} "
+                f"for {f.get('requester', '?')} (up to {f.get('max_cycles', '?')} cycles, "
+                f"policy {f.get('policy_version', '?')}). Stop it here, or with `upgate stop "
+                f"--reason '...'`.")
     if kind == "deployed":
         d = f.get("deployment") or {}
         where = d.get("branch") or f"{d.get('alias')} -> {d.get('version_name')}"
@@ -118,7 +139,8 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
     """The message for one outbox row, under the ledger head at send time."""
     f = {k: v for k, v in row.payload.items() if k != "type"}
     kind = row.type
-    fields: list[tuple[str, str]] = [("Cycle", row.cycle_id)]
+    subject = "Batch" if kind.startswith("batch_") else "Cycle"
+    fields: list[tuple[str, str]] = [(subject, row.cycle_id)]
     if kind == "approval_requested":
         fields += [("Score", f"{_score(f.get('baseline_score'))} -> "
                              f"{_score(f.get('candidate_score'))}"),
@@ -127,15 +149,17 @@ def compose(row: OutboxRow, head: tuple[int, str], notify: NotifySettings,
                    ("Policy", str(f.get("policy_version", ""))),
                    ("Expires", str(f.get("expires_at", "?"))[:19])]
     link = None
-    if notify.chat_url and row.cycle_id and kind != "test":
+    if notify.chat_url and row.cycle_id and kind not in _NO_CYCLE:
         link = notify.chat_url.replace("{cycle_id}", row.cycle_id)
     evidence = f.get("evidence_hash") if kind == "approval_requested" else None
+    stop = str(f["batch_id"]) if kind == "batch_running" and f.get("batch_id") else None
     return Message(
         id=row.id, type=kind, cycle_id=row.cycle_id, title=_TITLES.get(kind, kind),
         text=_text(kind, row.cycle_id, f), fields=tuple(fields),
         evidence_hash=str(evidence) if evidence else None, ledger_seq=row.ledger_seq,
         ledger_hash=row.ledger_hash, head_seq=head[0], head_hash=head[1], link=link,
-        buttons=buttons and evidence is not None, facts=f,
+        buttons=buttons and (evidence is not None or stop is not None), facts=f,
+        stop_batch=stop, possible_repeat=row.interrupted > 0,
     )
 
 
@@ -166,15 +190,28 @@ def slack_blocks(msg: Message) -> list[Block]:
             ButtonElement(text="Reject", style="danger", value=msg.evidence_hash,
                           action_id=action_id("reject", msg.cycle_id, msg.evidence_hash)),
         ]))
+    if msg.buttons and msg.stop_batch:
+        blocks.append(ActionsBlock(block_id=f"stop:{msg.stop_batch}"[:255], elements=[
+            ButtonElement(text="Stop batch", style="danger", value=msg.stop_batch,
+                          action_id=action_id("stop", msg.stop_batch, STOP_SUBJECT),
+                          confirm=ConfirmObject(
+                              title="Stop this batch?", confirm="Stop it", deny="Cancel",
+                              text="Its sandboxes in flight are killed at once; only a "
+                                   "person's `upgate batch resume` continues it.")),
+        ]))
+    repeat = (f"possible repeat: an earlier send of `{msg.id}` was interrupted; if it "
+              "showed already, this is the same message · ") if msg.possible_repeat else ""
     blocks.append(ContextBlock(elements=[MarkdownTextObject(
-        text=f"ledger head #{msg.head_seq} `{msg.head_hash[:16]}` · entry #{msg.ledger_seq} "
-             f"`{msg.ledger_hash[:16]}` · id `{msg.id}`")]))
+        text=f"{repeat}ledger head #{msg.head_seq} `{msg.head_hash[:16]}` · "
+             f"entry #{msg.ledger_seq} `{msg.ledger_hash[:16]}` · id `{msg.id}`")]))
     return blocks
 
 
 def slack_payload(msg: Message) -> dict[str, Any]:
     """The JSON body posted to a Slack incoming webhook."""
-    return {"text": slack_escape(f"upgate: {msg.title}: {msg.text.splitlines()[0]}")[:300],
+    again = " (possible repeat)" if msg.possible_repeat else ""
+    return {"text": slack_escape(f"upgate: {msg.title}{again}: "
+                                 f"{msg.text.splitlines()[0]}")[:300],
             "mrkdwn": False,  # the notification text too stays words
             "blocks": [b.to_dict() for b in slack_blocks(msg)]}
 
@@ -186,7 +223,7 @@ def webhook_body(msg: Message, timestamp: str) -> dict[str, Any]:
         "timestamp": timestamp,
         "data": {
             "id": msg.id, "cycle_id": msg.cycle_id, "title": msg.title, "text": msg.text,
-            "facts": msg.facts, "link": msg.link,
+            "facts": msg.facts, "link": msg.link, "possible_repeat": msg.possible_repeat,
             "ledger_entry": {"seq": msg.ledger_seq, "hash": msg.ledger_hash},
             "ledger_head": {"seq": msg.head_seq, "hash": msg.head_hash},
         },

@@ -1,4 +1,4 @@
-"""Approve from Slack: the interactivity endpoint behind the approve and reject buttons.
+"""Approve from Slack: the interactivity endpoint behind the approve, reject and stop buttons.
 
 A button press reaches `POST /slack/actions` as a form with a `payload` field. It counts
 only if Slack's v0 signature over the raw body verifies within the 5-minute window, the
@@ -6,6 +6,9 @@ same signature was never seen before, the Slack user is mapped to an upgate pers
 admin, and the evidence hash carried by the button is the one the cycle still waits on.
 Then it goes through `Runner.decide`, the same path (and checks) as the CLI, signed by the
 approval service, and the original message is replaced with the outcome.
+
+The "Stop batch" button of a batch-running message stops that batch the way `upgate stop`
+does (same roles: operator, approver or admin), recorded with who, why and channel "slack".
 """
 
 from __future__ import annotations
@@ -47,6 +50,29 @@ class Decider(Protocol):
         ...
 
 
+class Stopper(Protocol):
+    """Presses stop on a running batch for a person (`graphs.batch.press_stop`)."""
+
+    def __call__(self, batch_id: str, *, person: str, reason: str) -> list[dict[str, Any]]:
+        """Stop it; returns the batches flagged (none when it was not running); raises
+        ApprovalError when the person may not stop batches."""
+        ...
+
+
+def runner_stopper(runner: Any) -> Stopper:
+    """A Stopper over a `Runner`: the CLI's role rule, recorded with channel "slack"."""
+    from upgate.graphs.batch import STOP_ROLES, press_stop
+    from upgate.server.decisions import roles
+
+    def stop(batch_id: str, *, person: str, reason: str) -> list[dict[str, Any]]:
+        if not roles(runner, person) & set(STOP_ROLES):
+            raise ApprovalError(f"{person} may not stop batches (it takes one of the roles "
+                                f"{', '.join(STOP_ROLES)} under the adopted policy)")
+        return press_stop(runner, person, reason, batch_id, channel="slack")
+
+    return stop
+
+
 def runner_decider(runner: Any, signer: Any) -> Decider:
     """A Decider over a `Runner`, signing with the approval service's signer."""
 
@@ -77,6 +103,7 @@ class SlackActions:
     pending: Callable[[str], dict[str, Any] | None]
     head: Callable[[], tuple[int, str]]
     respond: Callable[[str, dict[str, Any]], None] = post_response
+    stop: Stopper | None = None
     clock: Clock = field(default_factory=Clock)
 
     def verify(self, body: bytes, timestamp: str | None, signature: str | None) -> str | None:
@@ -97,6 +124,46 @@ class SlackActions:
         if response_url:
             self.respond(response_url, reply)
         return reply
+
+    def handle_stop(self, batch_id: str, slack_user: str,
+                    response_url: str | None) -> dict[str, Any]:
+        """Stop a running batch on behalf of the mapped person; tell Slack. Returns the reply."""
+        reply = self._stop(batch_id, slack_user)
+        if response_url:
+            self.respond(response_url, reply)
+        return reply
+
+    def _stop(self, batch_id: str, slack_user: str) -> dict[str, Any]:
+        person = self.people.person_for(slack_user)
+        if person is None:
+            return _refusal(f"Slack user {slack_user} is not mapped to an upgate person; an "
+                            f"admin runs `upgate notify map-slack {slack_user} PERSON --as "
+                            "ADMIN`", what="the stop")
+        if self.stop is None:
+            return _refusal("this service does not stop batches", what="the stop")
+        try:
+            flagged = self.stop(batch_id, person=person,
+                                reason=f"stop button in Slack, pressed by {slack_user}")
+        except ApprovalError as exc:
+            return _refusal(str(exc), what="the stop")
+        except Exception:  # a bug: say so in Slack rather than leave the button hanging
+            log.exception("Slack stop of %s crashed", batch_id)
+            return _refusal("the approval service failed while stopping; run `upgate stop "
+                            "--reason '...'`", what="the stop")
+        if not flagged:
+            return _refusal(f"batch {batch_id} is not running (already paused, stopped or "
+                            "done; see `upgate inbox`)", what="the stop")
+        killed = sum(int(b.get("sandboxes_killed", 0)) for b in flagged)
+        seq, digest = self.head()
+        text = (f"*stop pressed* by {person} (Slack {slack_user}): batch `{batch_id}` stops "
+                f"before its next step; {killed} sandbox(es) killed. Only a person's "
+                "`upgate batch resume --reason '...'` continues it.")
+        return {
+            "replace_original": True, "text": f"upgate: batch {batch_id} stopped by {person}",
+            "blocks": [SectionBlock(text=MarkdownTextObject(text=text[:2900])).to_dict(),
+                       ContextBlock(elements=[MarkdownTextObject(
+                           text=f"ledger head #{seq} `{digest[:16]}`")]).to_dict()],
+        }
 
     def _decide(self, action: str, cycle_id: str, evidence_hash: str,
                 slack_user: str) -> dict[str, Any]:
@@ -137,9 +204,9 @@ class SlackActions:
         }
 
 
-def _refusal(reason: str) -> dict[str, Any]:
+def _refusal(reason: str, *, what: str = "the decision") -> dict[str, Any]:
     return {"replace_original": False, "response_type": "ephemeral",
-            "text": f"upgate refused the decision: {slack_escape(reason)}"}
+            "text": f"upgate refused {what}: {slack_escape(reason)}"}
 
 
 def slack_router(actions: SlackActions, *, path: str = PATH) -> APIRouter:
@@ -164,6 +231,10 @@ def slack_router(actions: SlackActions, *, path: str = PATH) -> APIRouter:
         if parsed is None:
             return JSONResponse({"error": "not an upgate button"}, status_code=400)
         action, cycle_id, evidence_hash = parsed
+        if action == "stop":  # cycle_id is the batch's id here
+            background.add_task(actions.handle_stop, cycle_id, slack_user,
+                                payload.get("response_url"))
+            return Response(status_code=200)
         # Slack wants an answer within 3 s; a decision can deploy, so it runs after the reply
         # and reports through response_url.
         background.add_task(actions.handle, action, cycle_id, evidence_hash, slack_user,
@@ -186,4 +257,5 @@ def slack_actions_router(settings: Settings, runner: Runner, signer: Any) -> API
     return slack_router(SlackActions(
         signing_secret=secret, people=SlackState(runner.deps.store),
         decide=runner_decider(runner, signer), pending=runner.pending, head=outbox.head,
+        stop=runner_stopper(runner),
     ))

@@ -13,6 +13,7 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -42,6 +43,8 @@ class LoopbackReceiver:
     mode: Mode = "ok"
     hang_s: float = 3.0
     echo: bool = False
+    on_receive: Callable[[Received], None] | None = None
+    """Called with each request as it arrives (after it is recorded)."""
     requests: list[Received] = field(default_factory=list)
     unique: dict[str, Received] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
@@ -88,6 +91,8 @@ class LoopbackReceiver:
             self._cond.notify_all()
         if self.echo:
             print(f"--- {got.path} id={key}\n{json.dumps(got.json(), indent=2)}", flush=True)
+        if self.on_receive is not None:
+            self.on_receive(got)
 
     def wait_for(self, n: int, timeout_s: float = 10.0) -> list[Received]:
         """Block until `n` requests arrived (or the timeout); returns them."""

@@ -12,8 +12,8 @@ import hashlib
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,14 +66,18 @@ def deliver_due(outbox: Outbox, channels: Mapping[str, Channel], notify: NotifyS
     """One pass: send every due message once; record the outcome of each attempt."""
     backoff = backoff or Backoff(notify.backoff_base_s, notify.backoff_max_s)
     report = DeliveryReport()
-    for row in outbox.claim(limit=limit, lease_s=notify.lease_s, channel=only_channel):
+    hold = {c.name for c in notify.channels if c.on_doubt == "hold"}
+    for row in outbox.claim(limit=limit, lease_s=notify.lease_s, channel=only_channel,
+                            hold=hold):
         channel = channels.get(row.channel)
         if channel is None:
             result = SendResult(ok=False, error=f"channel {row.channel!r} is no longer "
                                 "configured; add it back to [[notify.channels]]")
         else:
             try:
-                result = channel.send(compose(row, outbox.head(), notify))
+                msg = compose(row, outbox.head(), notify)
+                outbox.mark_sending(row.id)
+                result = channel.send(msg)
             except Exception as exc:  # a broken channel must not stop the others
                 log.exception("channel %s crashed", row.channel)
                 result = SendResult(ok=False, error=f"{type(exc).__name__}: {exc}")
@@ -191,6 +195,21 @@ async def notify_lifespan(state_dir: Path, notify: NotifySettings,
     worker = start_worker(state_dir, notify, runner)
     try:
         yield {"notify_worker": worker}
+    finally:
+        worker.stop()
+
+
+@contextmanager
+def delivering(state_dir: Path, notify: NotifySettings) -> Iterator[NotifyWorker | None]:
+    """Deliver in the background while a long command runs (a batch): its "batch running"
+    message, with the stop button, and its approval requests go out as they happen, not
+    when the command ends. Nothing starts when no channel is configured."""
+    if not notify.channels:
+        yield None
+        return
+    worker = NotifyWorker(state_dir, notify).start()
+    try:
+        yield worker
     finally:
         worker.stop()
 

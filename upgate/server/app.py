@@ -18,7 +18,7 @@ from upgate.graphs.runner import Runner
 from upgate.identity import Signer
 from upgate.notify.slack_actions import slack_actions_router
 from upgate.notify.worker import notify_lifespan
-from upgate.server import auth, routes_cycles, routes_decide, routes_live
+from upgate.server import auth, routes_cycles, routes_decide, routes_live, routes_stop
 from upgate.server.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def create_app(runner: Runner, *, signer: Signer,
 
     for module in (auth, routes_cycles, routes_decide, routes_live):
         app.include_router(module.router)
+    app.include_router(routes_stop.router)
     if settings.notify.slack_signing_secret_env:  # Slack buttons: signed by Slack, not CSRF
         app.include_router(slack_actions_router(settings, runner, signer))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -94,6 +94,7 @@ async function loadLists() {
     return li;
   }));
   if (!inbox.length) $("inbox").replaceChildren(el("li", {}, "nothing waits for you"));
+  await loadBatches();
   $("cycles").replaceChildren(...cycles.map((c) => {
     const li = el("li", {"data-cycle": c.cycle_id}, c.cycle_id, el("br"),
                   `${c.outcome} ${c.recipe || ""}`);
@@ -101,6 +102,34 @@ async function loadLists() {
     return li;
   }));
 }
+
+// --- the stop button: running batches, stopped with a reason (recorded) -----------------
+
+let runningBatch = null;
+
+async function loadBatches() {
+  const batches = await api("GET", "/api/batches");
+  runningBatch = (batches.find((b) => b.status === "running") || {}).batch_id || null;
+  $("batches").replaceChildren(...batches.map((b) =>
+    el("li", {"data-batch": b.batch_id}, el("strong", {}, b.batch_id), el("br"),
+       `${b.status}${b.detail ? ": " + b.detail : ""}`)));
+  if (!batches.length) $("batches").replaceChildren(el("li", {}, "no batch running or held"));
+  $("stop-form").hidden = !runningBatch;
+}
+
+$("stop-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (!runningBatch) return;
+  try {
+    const r = await api("POST", `/api/batches/${encodeURIComponent(runningBatch)}/stop`,
+                        {reason: $("stop-reason").value});
+    $("stop-result").textContent = `stop pressed on ${r.batch_id} by ${r.stopped_by}: ` +
+      `${r.sandboxes_killed} sandbox(es) killed; it stops before its next step`;
+    $("stop-reason").value = "";
+    showError("");
+  } catch (e) { showError(`stop refused: ${e.message}`); }
+  await loadBatches();
+});
 
 // --- one cycle as a conversation -------------------------------------------------------
 
