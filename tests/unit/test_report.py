@@ -11,6 +11,7 @@ import pytest
 
 from upgate.ledger import Ledger
 from upgate.report import build_report
+from upgate.report import format as fmt
 from upgate.report.html import STYLE, render_html
 from upgate.report.models import DeploymentMetrics, RolloutReport
 
@@ -123,6 +124,7 @@ def test_a_rollback_with_no_previous_version_is_not_a_success(sample: RolloutRep
     [rb] = [r for r in sample.rollbacks if r.cycle_id == "c3"]
     assert rb.outcome == "not_restored" and not rb.succeeded
     assert rb.trigger == "monitor"  # the cycle graph's own rollback
+    assert rb.from_version == "abcdef123456" and rb.to_version is None
     assert rb.duration_s == pytest.approx(30) and rb.duration_from == "timestamps"
 
 
@@ -158,6 +160,11 @@ def test_a_rollback_whose_verification_failed_is_not_a_success(
     assert bare.succeeded and bare.duration_s is None and bare.trigger is None
     assert report.totals.rollback_success_rate == pytest.approx(0.5)
     assert report.totals.time_to_rollback_s_median is None  # missing, not 0 s
+
+
+def test_ledger_text_reads_on_one_line_without_terminal_escapes() -> None:
+    assert fmt.text("a\x1b]0;title\x07b\nc\rd") == "a ]0;title b c d"
+    assert fmt.text("") == fmt.text(None) == "-"
 
 
 def test_an_unchecked_monitor_leaves_stability_missing(
@@ -215,3 +222,13 @@ def test_the_html_page_escapes_ledger_text_and_needs_nothing_else(
     assert "style=" not in page  # no inline style attributes (the CSP allows the block only)
     # missing values read "-" in the tables and are drawn as "no data" in the plots
     assert 'class="missing">-</td>' in page and "no data</title>" in page
+
+
+def test_a_plot_draws_a_measured_zero_and_marks_a_missing_value_apart() -> None:
+    from upgate.report.svg import chart
+
+    svg = chart('rate <b>"x"</b>', ["day <1>", "day 2"], [("errors & more", [0.0, None])])
+    assert svg.count("<rect") == 2  # the zero's bar and the legend's swatch
+    assert svg.count("no data</title>") == 1 and "errors &amp; more, day 2: no data" in svg
+    assert "<b>" not in svg and "day &lt;1&gt;" in svg
+    assert chart("empty", [], []).count("no data") == 1

@@ -102,6 +102,9 @@ def collect(entries: Sequence[Entry], gateway: RouteTable | None = None) -> Fact
             facts.deployments.append(deployment)
         facts.rollbacks.extend(_rollback(cycle_id, cycle, e) for e in cycle
                                if e.node == "rollback" and e.event in _ROLLBACK_EVENTS)
+    taken_down = {d.cycle_id: d.version for d in facts.deployments}
+    facts.rollbacks = [r if r.from_version else r.model_copy(
+        update={"from_version": taken_down.get(r.cycle_id)}) for r in facts.rollbacks]
     facts.deployments = _attribute(facts.deployments, facts.rollbacks)
     return facts
 

@@ -47,8 +47,11 @@ def number(value: float | None) -> str:
 
 
 def text(value: object) -> str:
-    """Any other value (None reads as missing)."""
-    return MISSING if value is None or value == "" else str(value)
+    """Any other value (None reads as missing), on one line: control characters (a
+    terminal's escape sequences, line breaks) from the ledger become spaces."""
+    if value is None or value == "":
+        return MISSING
+    return "".join(ch if ch.isprintable() else " " for ch in str(value))
 
 
 def moment(value: datetime | None) -> str:
@@ -87,7 +90,7 @@ SUMMARY: list[tuple[str, Callable[[Totals], str]]] = [
 
 DEPLOYMENT_COLUMNS: list[tuple[str, Callable[[DeploymentMetrics], str]]] = [
     ("deployed", lambda d: moment(d.deployed_at)[5:16]),
-    ("cycle", lambda d: d.cycle_id),
+    ("cycle", lambda d: text(d.cycle_id)),
     ("version", lambda d: text(d.version)),
     ("lead time", lambda d: seconds(d.lead_time_s)),
     ("rollout", lambda d: text(d.rollout)),
@@ -101,7 +104,7 @@ DEPLOYMENT_COLUMNS: list[tuple[str, Callable[[DeploymentMetrics], str]]] = [
 
 ROLLBACK_COLUMNS: list[tuple[str, Callable[[RollbackMetrics], str]]] = [
     ("at", lambda r: moment(r.at)[5:]),
-    ("cycle", lambda r: r.cycle_id),
+    ("cycle", lambda r: text(r.cycle_id)),
     ("trigger", lambda r: text(r.trigger)),
     ("from", lambda r: text(r.from_version)),
     ("to", lambda r: text(r.to_version)),

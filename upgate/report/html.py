@@ -50,12 +50,12 @@ def _table(columns: Sequence[tuple[str, Callable[[T], str]]], rows: Sequence[T],
 
 
 def _percent(v: float) -> str:
-    return f"{v * 100:.0f}%"
+    return f"{v * 100:.3g}%"
 
 
 def _plots(report: RolloutReport) -> str:
     days = [d.day.isoformat() for d in report.days]
-    deps = [f"{d.deployed_at:%m-%d %H:%M} {d.version or d.cycle_id}" for d in report.deployments]
+    deps = [d.version or d.cycle_id for d in report.deployments]
     ds, ps = report.days, report.deployments
 
     def by_day(*pairs: tuple[str, Callable[[Totals], float | None]]) -> list[Series]:

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from html import escape
 from typing import Literal
 
-WIDTH, HEIGHT = 640, 230
-LEFT, RIGHT, TOP, BOTTOM = 60, 16, 34, 56
+WIDTH, HEIGHT = 520, 230
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 48, 56
+GRID = 5
 COLOURS = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1")
 
 Series = tuple[str, Sequence[float | None]]
@@ -23,7 +24,7 @@ def _nice_top(value: float) -> float:
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 2, 2.5, 5, 10):  # a fifth of each is round too
         if step * power >= value:
             return float(step * power)
     return float(10 * power)
@@ -52,8 +53,8 @@ def chart(title: str, labels: Sequence[str], series: Sequence[Series], *,
            f"<title>{escape(title)}</title>",
            f'<text x="{LEFT}" y="18" font-size="14" font-weight="bold" '
            f'font-family="sans-serif">{escape(title)}</text>']
-    for i in range(5):  # grid and y ticks
-        v = y_top * i / 4
+    for i in range(GRID + 1):  # grid and y ticks
+        v = y_top * i / GRID
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
                    f'stroke="#ddd"/><text x="{LEFT - 6}" y="{y(v) + 4:.1f}" font-size="10" '
                    f'text-anchor="end" font-family="sans-serif">{escape(tick(v))}</text>')
@@ -63,19 +64,24 @@ def chart(title: str, labels: Sequence[str], series: Sequence[Series], *,
             x = LEFT + slot * (i + 0.5)
             out.append(f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 14}" font-size="10" '
                        f'text-anchor="end" font-family="sans-serif" transform="rotate(-30 '
-                       f'{x:.1f} {HEIGHT - BOTTOM + 14})">{escape(label[:24])}</text>')
+                       f'{x:.1f} {HEIGHT - BOTTOM + 14})">{escape(_short(label))}</text>')
     for s, (name, values) in enumerate(series):
         colour = COLOURS[s % len(COLOURS)]
         out.extend(_bars(values, labels, name, s, len(series), slot, y, colour)
                    if kind == "bar" else _line(values, labels, name, slot, y, colour))
-        out.append(f'<rect x="{WIDTH - RIGHT - 150}" y="{8 + 12 * s}" width="10" height="8" '
-                   f'fill="{colour}"/><text x="{WIDTH - RIGHT - 136}" y="{16 + 12 * s}" '
-                   f'font-size="10" font-family="sans-serif">{escape(name)}</text>')
+        x = LEFT + 150 * s  # the legend: one row under the title
+        out.append(f'<rect x="{x}" y="26" width="10" height="8" fill="{colour}"/><text '
+                   f'x="{x + 14}" y="34" font-size="10" font-family="sans-serif">'
+                   f'{escape(_short(name, 26))}</text>')
     if not labels:
         out.append(f'<text x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" font-size="12" '
                    'text-anchor="middle" fill="#888" font-family="sans-serif">no data</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _short(label: str, size: int = 14) -> str:
+    return label if len(label) <= size else label[: size - 1] + "…"
 
 
 def _missing(x: float, baseline: float, what: str) -> str:
@@ -94,9 +100,9 @@ def _bars(values: Sequence[float | None], labels: Sequence[str], name: str, inde
         if v is None:
             out.append(_missing(x + width / 2, y(0), what))
             continue
-        top = y(v)
+        top = min(y(v), y(0) - 1.5)  # a measured 0 still shows, unlike a missing value
         out.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{width:.1f}" '
-                   f'height="{max(y(0) - top, 0):.1f}" fill="{colour}"><title>'
+                   f'height="{y(0) - top:.1f}" fill="{colour}"><title>'
                    f'{escape(what)}: {v:g}</title></rect>')
     return out
 
