@@ -40,10 +40,15 @@ def ratio(value: float | None) -> str:
 
 
 def number(value: float | None) -> str:
-    """A count or a per-deployment average."""
+    """A count."""
     if value is None:
         return MISSING
     return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def average(value: float | None) -> str:
+    """A mean per something."""
+    return MISSING if value is None else f"{value:.2f}"
 
 
 def text(value: object) -> str:
@@ -79,8 +84,8 @@ SUMMARY: list[tuple[str, Callable[[Totals], str]]] = [
     ("incident rate (deployments with a regression or rollback)",
      lambda t: f"{rate(t.incident_rate)} ({_count(t.incidents, t.deployed)})"),
     ("regressions / rollbacks per deployment",
-     lambda t: f"{number(t.regressions_per_deployment)} / "
-               f"{number(t.rollbacks_per_deployment)}"),
+     lambda t: f"{average(t.regressions_per_deployment)} / "
+               f"{average(t.rollbacks_per_deployment)}"),
     ("rollback success rate",
      lambda t: f"{rate(t.rollback_success_rate)} ({_count(t.rollbacks_succeeded, t.rollbacks)})"),
     ("time to roll back (median, max)",
