@@ -167,6 +167,29 @@ def test_ledger_text_reads_on_one_line_without_terminal_escapes() -> None:
     assert fmt.text("") == fmt.text(None) == "-"
 
 
+def test_a_blue_green_switch_and_a_failed_rollback_read_from_their_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with controlled_clock(monkeypatch):
+        put(ledger, at(DAY1, 8, 0), "c7", "propose", "proposal", {"proposal": "garbled"})
+        put(ledger, at(DAY1, 8, 30), "c7", "bluegreen", "switched", {
+            "alias": "triage", "from_version": "triage@initial", "to_version": "triage-ddd",
+            "switch_s": 0.004, "generation": 3})
+        put(ledger, at(DAY1, 9, 0), "c7", "rollback", "failed", {
+            "alias": "triage", "from_version": "triage-ddd", "to_version": "triage@initial",
+            "trigger": "bluegreen", "reason": "regression", "reason_failed": "blue is down",
+            "duration_s": 2.0})
+    report = build_report(ledger)
+    ledger.close()
+    [d] = report.deployments
+    assert (d.version, d.previous_version, d.switch_s) == ("triage-ddd", "triage@initial", 0.004)
+    assert d.kind is None and d.lead_time_s == 1800 and d.rollbacks == 1 and d.incident
+    [rb] = report.rollbacks
+    assert rb.reason == "regression (failed: blue is down)" and not rb.succeeded
+    assert report.totals.rollback_success_rate == 0.0  # one attempt, failed: a real 0%
+    assert report.totals.time_to_rollback_s_median is None  # no successful rollback to time
+
+
 def test_an_unchecked_monitor_leaves_stability_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")

@@ -116,16 +116,19 @@ def _deployment(cycle_id: str, cycle: Sequence[Entry], proposal: Entry | None,
                 gateway: RouteTable | None) -> DeploymentMetrics | None:
     deploy = _first(cycle, "deploy", *_DEPLOY_EVENTS)
     started = _first(cycle, "rollout", "started")
-    anchor = deploy or started
+    switched = _last(cycle, "bluegreen", "switched")
+    anchor = deploy or started or switched
     if anchor is None:
         return None
     placed = _dict(deploy.payload.get("deployment")) if deploy else {}
     plan = started.payload if started else {}
-    previous = _dict(placed.get("previous"))
-    kind = proposal.payload.get("proposal", {}).get("kind") if proposal else None
+    moved = switched.payload if switched else {}
+    previous_version = (_text(plan.get("stable_version"))
+                        or _text(_dict(placed.get("previous")).get("version_name"))
+                        or _text(moved.get("from_version")))
+    kind = _dict(proposal.payload.get("proposal")).get("kind") if proposal else None
     deployed_at = when(anchor)
-    stability, latency = _measure(cycle, plan, gateway)
-    switched = _last(cycle, "bluegreen", "switched")
+    stability, latency = _measure(cycle, gateway)
     regressions = sum(1 for e in cycle if (e.node, e.event) in (
         ("monitor", "regression"), ("rollout", "aborted")) and not _repeat_abort(cycle, e))
     outcome, duration = _rollout_outcome(cycle, started)
@@ -136,9 +139,9 @@ def _deployment(cycle_id: str, cycle: Sequence[Entry], proposal: Entry | None,
         kind=_text(kind), target=_text(placed.get("target")),
         alias=_text(plan.get("alias")) or _text(placed.get("alias")),
         version=(_text(plan.get("new_version")) or _text(placed.get("version_name"))
+                 or _text(moved.get("to_version"))
                  or (_text(placed.get("commit")) or "")[:12] or _text(placed.get("branch"))),
-        previous_version=(_text(plan.get("stable_version"))
-                          or _text(previous.get("version_name"))),
+        previous_version=previous_version,
         proposed_at=when(proposal) if proposal else None, deployed_at=deployed_at,
         lead_time_s=(deployed_at - when(proposal)).total_seconds() if proposal else None,
         rollout=outcome, rollout_duration_s=duration,
@@ -146,8 +149,7 @@ def _deployment(cycle_id: str, cycle: Sequence[Entry], proposal: Entry | None,
             "rollout", "step_checked")),
         switch_s=_number(switched.payload.get("switch_s")) if switched else None,
         stability=stability,
-        latency=latency.model_copy(update={"previous_version": _text(
-            plan.get("stable_version")) or _text(previous.get("version_name"))}),
+        latency=latency.model_copy(update={"previous_version": previous_version}),
         regressions=regressions,
     )
 
@@ -174,7 +176,7 @@ def _rollout_outcome(cycle: Sequence[Entry], started: Entry | None
     return outcome, duration
 
 
-def _measure(cycle: Sequence[Entry], plan: dict[str, Any], gateway: RouteTable | None
+def _measure(cycle: Sequence[Entry], gateway: RouteTable | None
              ) -> tuple[Stability, LatencyImpact]:
     """Stability and latency impact: the gateway's log over the bake window if it has the
     new version's requests, else the rollout's step checks, else the post-deploy monitor."""
@@ -275,8 +277,16 @@ def _rollback(cycle_id: str, cycle: Sequence[Entry], entry: Entry) -> RollbackMe
         to_version=_text(data.get("to_version")) or _text(restored),
         outcome=outcome, succeeded=outcome == "rolled_back" and verified is not False,
         duration_s=duration, duration_from=source, verified=verified,
-        by=_text(data.get("by")), reason=_text(data.get("reason")),
+        by=_text(data.get("by")), reason=_reason(data),
     )
+
+
+def _reason(data: dict[str, Any]) -> str | None:
+    """Why it was rolled back, and why the rollback failed where it did."""
+    why, failed = _text(data.get("reason")), _text(data.get("reason_failed"))
+    if failed is None:
+        return why
+    return f"{why or '-'} (failed: {failed})"
 
 
 def _verified(value: Any) -> bool | None:
