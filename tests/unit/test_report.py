@@ -183,6 +183,7 @@ def test_a_blue_green_switch_and_a_failed_rollback_read_from_their_records(
     ledger.close()
     [d] = report.deployments
     assert (d.version, d.previous_version, d.switch_s) == ("triage-ddd", "triage@initial", 0.004)
+    assert d.alias == "triage" and d.target is None
     assert d.kind is None and d.lead_time_s == 1800 and d.rollbacks == 1 and d.incident
     [rb] = report.rollbacks
     assert rb.reason == "regression (failed: blue is down)" and not rb.succeeded

@@ -137,7 +137,8 @@ def _deployment(cycle_id: str, cycle: Sequence[Entry], proposal: Entry | None,
         deployment_id=_text(placed.get("deployment_id")) or _text(plan.get("deployment_id"))
         or cycle_id,
         kind=_text(kind), target=_text(placed.get("target")),
-        alias=_text(plan.get("alias")) or _text(placed.get("alias")),
+        alias=(_text(plan.get("alias")) or _text(placed.get("alias"))
+               or _text(moved.get("alias"))),
         version=(_text(plan.get("new_version")) or _text(placed.get("version_name"))
                  or _text(moved.get("to_version"))
                  or (_text(placed.get("commit")) or "")[:12] or _text(placed.get("branch"))),
