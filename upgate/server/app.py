@@ -18,7 +18,14 @@ from upgate.graphs.runner import Runner
 from upgate.identity import Signer
 from upgate.notify.slack_actions import slack_actions_router
 from upgate.notify.worker import notify_lifespan
-from upgate.server import auth, routes_cycles, routes_decide, routes_live, routes_stop
+from upgate.server import (
+    auth,
+    routes_cycles,
+    routes_decide,
+    routes_live,
+    routes_report,
+    routes_stop,
+)
 from upgate.server.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ def _headers(request: Request, response: Response) -> None:
     response.headers["Cache-Control"] = "no-store"
     docs = request.url.path in DOCS_PATHS
     response.headers["Content-Security-Policy"] = DOCS_CSP if docs else CSP
+    if request.url.path == routes_report.PAGE:  # no script; its one style block, by hash
+        response.headers["Content-Security-Policy"] = routes_report.PAGE_CSP
 
 
 def create_app(runner: Runner, *, signer: Signer,
@@ -72,7 +81,7 @@ def create_app(runner: Runner, *, signer: Signer,
         _headers(request, response)
         return response
 
-    for module in (auth, routes_cycles, routes_decide, routes_live):
+    for module in (auth, routes_cycles, routes_decide, routes_live, routes_report):
         app.include_router(module.router)
     app.include_router(routes_stop.router)
     if settings.notify.slack_signing_secret_env:  # Slack buttons: signed by Slack, not CSRF
