@@ -37,7 +37,8 @@ def evidence(new: WindowStats | None = None, stable: WindowStats | None = None,
         return None if s is None else SuiteScore(version=v, cases=4, errors=0, score=s)
 
     return StepEvidence(new=new or stats("new"), stable=stable or stats("stable"),
-                        suite_new=suite("new", suite_new), suite_stable=suite("stable", suite_stable))
+                        suite_new=suite("new", suite_new),
+                        suite_stable=suite("stable", suite_stable))
 
 
 def test_a_healthy_step_breaks_no_limit() -> None:

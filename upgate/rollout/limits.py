@@ -92,28 +92,25 @@ def check_error_rate_increase(ev: StepEvidence, limits: Rollout) -> Breach | Non
                          f"{ev.stable.error_rate:.3f}")
 
 
-def _ratio(new: float | None, stable: float | None) -> float | None:
-    if new is None or stable is None or stable <= 0:
+def _latency(limit: Literal["max_p50_ratio", "max_p95_ratio"], name: str, new: float | None,
+             stable: float | None, allowed: float) -> Breach | None:
+    """A latency quantile against the stable version's (not compared without both)."""
+    if new is None or stable is None or stable <= 0 or new / stable <= allowed + _SLACK:
         return None
-    return new / stable
+    return Breach(limit=limit, observed=new / stable, allowed=allowed,
+                  detail=f"{name} {new:.0f} ms against {stable:.0f} ms")
 
 
 def check_p50(ev: StepEvidence, limits: Rollout) -> Breach | None:
     """Median latency against the stable version's."""
-    ratio = _ratio(ev.new.p50_ms, ev.stable.p50_ms)
-    if ratio is None or ratio <= limits.max_p50_ratio + _SLACK:
-        return None
-    return Breach(limit="max_p50_ratio", observed=ratio, allowed=limits.max_p50_ratio,
-                  detail=f"p50 {ev.new.p50_ms:.0f} ms against {ev.stable.p50_ms:.0f} ms")
+    return _latency("max_p50_ratio", "p50", ev.new.p50_ms, ev.stable.p50_ms,
+                    limits.max_p50_ratio)
 
 
 def check_p95(ev: StepEvidence, limits: Rollout) -> Breach | None:
     """95th-percentile latency against the stable version's."""
-    ratio = _ratio(ev.new.p95_ms, ev.stable.p95_ms)
-    if ratio is None or ratio <= limits.max_p95_ratio + _SLACK:
-        return None
-    return Breach(limit="max_p95_ratio", observed=ratio, allowed=limits.max_p95_ratio,
-                  detail=f"p95 {ev.new.p95_ms:.0f} ms against {ev.stable.p95_ms:.0f} ms")
+    return _latency("max_p95_ratio", "p95", ev.new.p95_ms, ev.stable.p95_ms,
+                    limits.max_p95_ratio)
 
 
 def check_suite_drop(ev: StepEvidence, limits: Rollout) -> Breach | None:
