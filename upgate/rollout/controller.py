@@ -94,6 +94,9 @@ class RolloutController:
         if progress.promoted is not None:
             return self._result("promoted", progress, resumed=True)
         if progress.aborted is not None:
+            if not progress.rolled_back:  # killed mid-abort: finish it
+                self._record_resumed(progress, int((progress.last_step or {}).get("step", 0)),
+                                     self.parts.routes.generation())
             return self._finish_abort(progress, list(progress.aborted.get("breaches", [])))
         if progress.rolled_back_elsewhere is not None:
             return self._overtaken(progress)
@@ -146,11 +149,14 @@ class RolloutController:
             # Unjudged: judge this step again, on a fresh window; judged: next, or abort.
             index = (from_step - 1 if checked is None
                      else from_step if checked["healthy"] else -1)
+        self._record_resumed(progress, from_step, generation)
+        return index
+
+    def _record_resumed(self, progress: Progress, from_step: int, generation: int) -> None:
         self._record("rollout", "resumed", {"from_step": from_step, "generation": generation},
                      progress.resumes + 1)
         progress.resumes += 1
         log.info("rollout %s resumed at step %d", self.plan.deployment_id, from_step)
-        return index
 
     def _bake_and_check(self, number: int, percent: int) -> dict[str, Any]:
         """Bake the step (suite cases pinned to each version meanwhile), then judge it."""
