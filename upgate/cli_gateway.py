@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +17,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from upgate.cli_batch import _errors  # the same error printing as the other commands
 from upgate.config import Settings, load_settings
-from upgate.errors import ConfigError, UpgateError
+from upgate.errors import ConfigError
 from upgate.gateway.routes import Backend, RouteTable
 
 gateway_app = typer.Typer(
@@ -33,17 +32,6 @@ DbOpt = Annotated[Path | None, typer.Option(
 
 _BACKEND = re.compile(r"^(?P<version>[^=]+)=(?P<model>[^@]+(?:@[^@]+)*?)@"
                       r"(?P<url>https?://.+):(?P<weight>\d+)$")
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    from upgate.cli import err
-
-    try:
-        yield
-    except UpgateError as exc:
-        err.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _settings_for(config: Path | None, missing: str) -> Settings:
