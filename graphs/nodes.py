@@ -22,7 +22,7 @@ from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
 from upgate.graphs.hitl import hitl_request
 from upgate.graphs.lineage import lineage, model_ref, versions
-from upgate.graphs.rollout import rollout_applies, stage
+from upgate.graphs.rollout import restore_routes, rollout_applies, stage
 from upgate.graphs.state import CycleState
 from upgate.hashing import sha256_text
 from upgate.notify.events import outbox_for
@@ -447,6 +447,7 @@ def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     deployment = Deployment.model_validate(state["deployment"])
     try:
+        restore_routes(deps, dict(state), deployment)
         result = deps.deployer(deployment.target).rollback(deployment)
     except UpgateError as exc:
         _record(deps, state, "rollback", "failed", {"reason": str(exc)})

@@ -59,6 +59,18 @@ def plan_for(deps: Deps, cycle_id: str, deployment: Deployment) -> RolloutPlan:
         limits=deps.policy.rollout)
 
 
+def restore_routes(deps: Deps, state: dict[str, Any], deployment: Deployment) -> None:
+    """A rollback of a version that went live by rollout also puts the gateway's traffic
+    back on the stable version (idempotent; nothing for any other deployment)."""
+    if not (state.get("rollout") or {}).get("staged"):
+        return
+    plan = plan_for(deps, str(state["cycle_id"]), deployment)
+    current = {b.version: b.weight for b in deps.routes.routes(plan.alias)}
+    if current != {b.version: b.weight for b in plan.restored()}:
+        deps.routes.set_routes(plan.alias, plan.restored(),
+                               reason=f"rollback {deployment.deployment_id}")
+
+
 def suite_probe(deps: Deps, alias: str, cases: int) -> SuiteProbe:
     """The first `cases` visible suite cases, sent through the gateway like the critic's."""
     prompt, shots = read_prompting(deps.base_tree(), deps.manifest)

@@ -32,12 +32,12 @@ STABLE = "triage@initial"
 
 
 def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, new_answers_badly: bool = False,
-            kill_in_bake: int = 0) -> tuple[Any, Any, FakeGateway]:
+            kill_in_bake: int = 0, live_good: bool = True) -> tuple[Any, Any, FakeGateway]:
     policy = workdir / "policy.toml"
     if "[rollout]" not in policy.read_text():
         policy.write_text(policy.read_text() + ROLLOUT)
         adopt(workdir)
-    runner, fake = model_runner(workdir, monkeypatch, live_good=True)
+    runner, fake = model_runner(workdir, monkeypatch, live_good=live_good)
     answers = suite_answers()
 
     def answer(version: str, messages: list[dict[str, str]]) -> str:
@@ -60,6 +60,16 @@ def _runner(workdir: Path, monkeypatch: pytest.MonkeyPatch, *, new_answers_badly
     return runner, fake, gateway
 
 
+def _approved(workdir: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any
+              ) -> tuple[Any, Any, FakeGateway, str, Any]:
+    """A cycle run to its approval and approved: runner, fake vLLM, gateway, the alias's
+    folder before, the final state."""
+    runner, fake, gateway = _runner(workdir, monkeypatch, **kw)
+    initial = fake.served["triage"]
+    state = runner.start("alice")
+    return runner, fake, gateway, initial, decide(runner, state["cycle_id"], "approve", "bob")
+
+
 def _events(runner: Any, cycle_id: str) -> list[tuple[str, str]]:
     return [(e.node, e.event) for e in runner.deps.ledger.entries(cycle_id)]
 
@@ -76,12 +86,10 @@ def test_approval_stays_mandatory_and_nothing_moves_before_it(
 
 def test_a_good_version_rolls_out_then_is_promoted_and_monitored(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runner, fake, _ = _runner(workdir, monkeypatch)
-    state = runner.start("alice")
-    done = decide(runner, state["cycle_id"], "approve", "bob")
+    runner, fake, _, _, done = _approved(workdir, monkeypatch)
     assert done["outcome"] == "deployed", done.get("reason")
     assert done["rollout"]["status"] == "promoted"
-    events = _events(runner, state["cycle_id"])
+    events = _events(runner, done["cycle_id"])
     order = [e for e in events if e[0] in ("deploy", "rollout", "monitor", "record")]
     assert order == [("deploy", "staged"), ("rollout", "started"), ("rollout", "step"),
                      ("rollout", "step_checked"), ("rollout", "step"),
@@ -92,29 +100,37 @@ def test_a_good_version_rolls_out_then_is_promoted_and_monitored(
     weights = {b.version: b.weight for b in runner.deps.routes.routes("triage")}
     assert weights == {NEW: 100, STABLE: 0}
     # The promotion is what notifies "deployed" (the staging does not).
-    promoted = next(e for e in runner.deps.ledger.entries(state["cycle_id"])
+    promoted = next(e for e in runner.deps.ledger.entries(done["cycle_id"])
                     if e.event == "promoted")
     assert promoted.payload["version_name"] == NEW
 
 
 def test_a_worse_version_aborts_and_the_alias_never_moves(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runner, fake, _ = _runner(workdir, monkeypatch, new_answers_badly=True)
-    initial = fake.served["triage"]
-    state = runner.start("alice")
-    done = decide(runner, state["cycle_id"], "approve", "bob")
+    runner, fake, _, initial, done = _approved(workdir, monkeypatch, new_answers_badly=True)
     assert done["outcome"] == "rolled_back"
     assert "max_suite_drop" in done["reason"]
     assert fake.served["triage"] == initial  # direct clients never saw the new version
     assert fake.served[NEW].endswith("adapter-good")  # loaded, judged, not promoted
     assert {b.version: b.weight for b in runner.deps.routes.routes("triage")} == {STABLE: 100}
-    events = _events(runner, state["cycle_id"])
+    events = _events(runner, done["cycle_id"])
     assert events[-3:] == [("rollout", "aborted"), ("rollback", "rolled_back"),
                            ("record", "rolled_back")]
     assert ("monitor", "healthy") not in events
-    rolled = runner.deps.ledger.entries(state["cycle_id"])[-2].payload
+    rolled = runner.deps.ledger.entries(done["cycle_id"])[-2].payload
     assert rolled["trigger"] == "rollout" and rolled["verified"]["models_ok"] is True
     assert rolled["verified"]["smoke_ok"] is True
+
+
+def test_a_regression_after_promotion_rolls_back_the_alias_and_the_gateway_routes(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rollout's pinned cases look fine, but the promoted alias answers worse live.
+    runner, fake, gateway, initial, done = _approved(workdir, monkeypatch, live_good=False)
+    assert done["rollout"]["status"] == "promoted"
+    assert done["outcome"] == "rolled_back" and done["monitor"]["regressed"]
+    assert fake.served["triage"] == initial
+    assert {b.version: b.weight for b in runner.deps.routes.routes("triage")} == {STABLE: 100}
+    assert gateway.traffic("triage", 20) == {STABLE: 20}
 
 
 def _child(workdir: str, monkeypatch_unused: None) -> None:

@@ -117,3 +117,16 @@ def test_every_breach_is_reported_with_what_was_seen() -> None:
                                         "max_error_rate_increase", "max_p50_ratio",
                                         "max_p95_ratio", "max_suite_drop"]
     assert all("observed" in str(b) and "allowed" in str(b) for b in found)
+
+
+def test_the_example_policys_commented_rollout_section_is_valid_when_uncommented() -> None:
+    import tomllib
+
+    from ..conftest import REPO
+
+    text = (REPO / "examples" / "policy.toml").read_text()
+    assert "\n[rollout]" not in text  # off by default: the example stays all-at-once
+    section = text.split("# [rollout]\n", 1)[1]
+    body = "\n".join(line.removeprefix("#").removeprefix(" ") for line in section.splitlines())
+    rollout = Rollout.model_validate(tomllib.loads(body))
+    assert rollout.enabled and rollout.steps[-1] == 100
