@@ -181,3 +181,18 @@ def test_sigkill_during_a_bake_then_the_runner_resumes_to_promotion(
     assert events.count(("rollout", "promoted")) == 1
     assert fake.served["triage"].endswith("adapter-good")
     assert runner.deps.ledger.verify().ok
+
+
+@pytest.mark.parametrize("promoted", [True, False])
+def test_reconcile_after_a_server_restart_follows_the_rollouts_ending(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, promoted: bool) -> None:
+    from upgate.deploy.reconcile import reconcile
+
+    runner, fake, _, initial, done = _approved(workdir, monkeypatch,
+                                               new_answers_badly=not promoted)
+    assert done["rollout"]["status"] == ("promoted" if promoted else "aborted")
+    live = fake.served["triage"]
+    fake.served = {"smollm2": "/base", "triage": initial}  # the server restarts
+    result = reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)
+    assert result["active"] == (NEW if promoted else STABLE)
+    assert fake.served["triage"] == live
