@@ -5,7 +5,8 @@ where each version's files are, but it is mutable, so it is not what decides: on
 version the ledger shows deployed after a person's approval (or one such deployment's
 previous version, its rollback target) is loaded, under the content hash the ledger
 holds, re-checked before the load. The alias is pointed at the version the ledger's last
-deploy, rollout promotion or rollback left active (invariant 5: a rollback stays one in-place load away).
+deploy, rollout promotion or rollback left active (invariant 5: a rollback stays one
+in-place load away).
 """
 
 from __future__ import annotations
