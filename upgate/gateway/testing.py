@@ -14,13 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 Mode = Literal["ok", "fail", "hang"]
@@ -190,3 +196,52 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(db: Path, upstream: str, *, port: int | None = None,
+                    wait_s: float = 120.0, extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """Run `upgate gateway serve` as a real process (no upgate.toml); yield its root URL.
+
+    Clients use the root + /v1. The process is stopped on exit; if it dies or does not
+    answer /health within `wait_s`, the error carries its output.
+    """
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPGATE_")}
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "upgate.cli", "gateway", "serve", "--db", str(db),
+             "--upstream", upstream, "--port", str(port), *extra],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + wait_s
+            while not _answers(f"{url}/health"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out.seek(0)
+                    raise RuntimeError(f"`upgate gateway serve` did not come up on {url}: "
+                                       + out.read().decode(errors="replace")[-2000:])
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback URL we made)
+            return bool(r.status == 200)
+    except OSError:
+        return False
