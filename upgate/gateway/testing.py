@@ -3,10 +3,11 @@ helper that runs any ASGI app (the gateway) under uvicorn on a free port in a th
 
 The fake upstream answers every completion with the `model` it received and its own name,
 so a test can see which backend served a request and what the gateway rewrote. Its `mode`
-makes it fail (500) or hang past the caller's timeout; `stream: true` gets server-sent
-events, one chunk per word, with a pause between chunks. With `hold` set, an answer waits
-for that event (a stream waits after its first chunk), so a test can act while a request is
-in flight; if nobody releases it within `hold_s`, the answer says so (500, or an error chunk).
+makes it fail (500), hang past the caller's timeout, or break off an answer half-sent;
+`stream: true` gets server-sent events, one chunk per word, with a pause between chunks.
+With `hold` set, an answer waits for that event (a stream waits after its first chunk), so
+a test can act while a request is in flight; if nobody releases it within `hold_s`, the
+answer says so (500, or an error chunk).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-Mode = Literal["ok", "fail", "hang"]
+Mode = Literal["ok", "fail", "hang", "break"]
 
 
 @dataclass
@@ -136,6 +137,16 @@ def _handler(up: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             up.record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             if up.mode == "hang":
                 time.sleep(up.hang_s)
+            if up.mode == "break":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"choices": [')
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if up.mode == "fail":
                 self._send(500, {"error": {"message": f"{up.name} fails on purpose"}})
                 return
