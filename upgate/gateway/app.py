@@ -6,6 +6,8 @@ the `X-Upgate-Version` header, rewrites `model` to the backend's model name, for
 request, logs a sample and answers with the `X-Upgate-Version` header. A `model` that is not
 a routed alias passes through, unchanged, to the default upstream. A request keeps the
 backend it started on even when the routes change while it runs, so a switch drops nothing.
+A body that is not JSON or names no model is a 400; it is counted in /metrics but logs no
+sample, having no alias to log it under.
 
 Two adapter versions on one vLLM server differ only in the request body's `model` field,
 which a plain HTTP proxy cannot split on; blue/green splits between servers. Both are just
