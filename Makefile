@@ -145,6 +145,8 @@ bench: venv docker images vllm
 	@cd $(ROOT) && $(PY) benchmarks/bench_critic.py
 	$(call say,"benchmark: a governed cycle's stage times")
 	@cd $(ROOT) && $(PY) benchmarks/bench_cycle.py
+	$(call say,"benchmark: what the gateway adds to a request")
+	@cd $(ROOT) && $(PY) benchmarks/bench_gateway.py
 
 demo: venv docker images vllm
 	$(call say,"demo")
