@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +45,6 @@ from upgate.store import Store
 from upgate.target_tree import read_prompting
 
 from ..conftest import EXAMPLE_SUITE, EXAMPLE_TARGET
-from .serving import free_port
 
 pytestmark = pytest.mark.real
 
@@ -163,33 +160,17 @@ class Stack:
 
 
 @pytest.fixture
-def stack(vllm_root: str, tmp_path: Path) -> Iterator[Stack]:
+def stack(vllm_root: str, gateway: tuple[str, RouteTable], tmp_path: Path) -> Iterator[Stack]:
+    """The real server (skip without it), `upgate gateway serve` in front of it (the real
+    tier's `gateway` fixture), and the server left as found afterwards."""
     admin = VllmAdmin(vllm_root)
     served = admin.models().get(ALIAS)
     if served is None or not served.root or not Path(served.root).is_dir():
         pytest.skip(f"the server serves no local adapter under {ALIAS!r}")
     original = Path(served.root)
-    port = free_port()
-    upgate = Path(sys.executable).with_name("upgate")
-    proc = subprocess.Popen(
-        [str(upgate), "gateway", "serve", "--db", str(tmp_path / "gateway.db"),
-         "--upstream", f"{vllm_root}/v1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("the gateway did not start: "
-                        + (proc.stderr.read().decode() if proc.stderr else ""))
-        yield Stack(tmp_path, vllm_root, url, admin, original)
+        yield Stack(tmp_path, vllm_root, gateway[0], admin, original)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         # Leave the server as found: the alias on its first adapter, the copies unloaded.
         admin.point_alias(ALIAS, original, expected_sha256=sha256_tree(original))
         for name in admin.models():

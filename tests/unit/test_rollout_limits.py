@@ -130,3 +130,13 @@ def test_the_example_policys_commented_rollout_section_is_valid_when_uncommented
     body = "\n".join(line.removeprefix("#").removeprefix(" ") for line in section.splitlines())
     rollout = Rollout.model_validate(tomllib.loads(body))
     assert rollout.enabled and rollout.steps[-1] == 100
+
+
+def test_latency_is_compared_on_live_traffic_when_it_is_given() -> None:
+    # Pinned suite cases (long prompts) made up more of the new version's window: over all
+    # requests it looks 10x slower, over live traffic it is as fast as the stable one.
+    ev = StepEvidence(new=stats("new", p50=1000.0, p95=2000.0), stable=stats("stable"),
+                      live_new=stats("new"), live_stable=stats("stable"))
+    assert check_p50(ev, LIMITS) is None and check_p95(ev, LIMITS) is None
+    slow_live = ev.model_copy(update={"live_new": stats("new", p50=151.0, p95=401.0)})
+    assert [b.limit for b in breaches(slow_live, LIMITS)] == ["max_p50_ratio", "max_p95_ratio"]

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from upgate.gateway.routes import Backend, RouteTable
+from upgate.gateway.routes import Backend, RouteTable, WindowStats
+from upgate.gateway.routes import _quantile as quantile  # the gateway's own definition
 from upgate.ledger import Ledger
 from upgate.rollout.limits import StepEvidence, SuiteScore, breaches
 from upgate.rollout.plan import RolloutPlan, RolloutResult
@@ -181,11 +182,16 @@ class RolloutController:
         evidence = StepEvidence(
             new=parts.routes.window(plan.alias, plan.new.version, since=since),
             stable=parts.routes.window(plan.alias, plan.stable.version, since=since),
-            suite_new=suite_new, suite_stable=suite_stable)
+            suite_new=suite_new, suite_stable=suite_stable,
+            live_new=self._live(plan.new.version, since),
+            live_stable=self._live(plan.stable.version, since))
         found = [str(b) for b in breaches(evidence, plan.limits)]
         checked = {
             "step": number, "percent": percent, "new": evidence.new.model_dump(),
             "stable": evidence.stable.model_dump(),
+            "live": {"new": evidence.live_new.model_dump() if evidence.live_new else None,
+                     "stable": (evidence.live_stable.model_dump() if evidence.live_stable
+                                else None)},
             "suite": {"new": suite_new.score if suite_new else None,
                       "stable": suite_stable.score if suite_stable else None,
                       "cases": suite_new.cases if suite_new else 0,
@@ -195,6 +201,16 @@ class RolloutController:
             "generation": parts.routes.generation()}
         self._record("rollout", "step_checked", checked, number)
         return checked
+
+    def _live(self, version: str, since: float) -> WindowStats:
+        """The window of `version`'s unpinned (live) requests alone."""
+        rows = [r for r in self.parts.routes.samples(self.plan.alias, since=since,
+                                                     version=version) if not r["pinned"]]
+        errors = sum(1 for r in rows if r["status"] == 0 or r["status"] >= 500)
+        latencies = sorted(r["latency_ms"] for r in rows if 0 < r["status"] < 500)
+        return WindowStats(version=version, requests=len(rows), errors=errors,
+                           error_rate=errors / len(rows) if rows else 0.0,
+                           p50_ms=quantile(latencies, 0.5), p95_ms=quantile(latencies, 0.95))
 
     # endings ------------------------------------------------------------------------------
 

@@ -53,7 +53,13 @@ class Breach(BaseModel):
 
 
 class StepEvidence(BaseModel):
-    """What one step is judged on: both versions' window and suite scores."""
+    """What one step is judged on: both versions' window and suite scores.
+
+    Requests and errors count every request of the window (live and pinned suite cases).
+    Latency is compared on live traffic alone when it is given (`live_new`, `live_stable`):
+    suite cases carry long prompts, and their share of each version's requests changes from
+    step to step, so mixing them in would compare prompt lengths, not versions.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,6 +67,14 @@ class StepEvidence(BaseModel):
     stable: WindowStats
     suite_new: SuiteScore | None = None
     suite_stable: SuiteScore | None = None
+    live_new: WindowStats | None = None
+    live_stable: WindowStats | None = None
+
+    def latency(self) -> tuple[WindowStats, WindowStats]:
+        """The (new, stable) windows latency is compared on."""
+        if self.live_new is not None and self.live_stable is not None:
+            return self.live_new, self.live_stable
+        return self.new, self.stable
 
 
 def check_min_requests(ev: StepEvidence, limits: Rollout) -> Breach | None:
@@ -103,14 +117,14 @@ def _latency(limit: Literal["max_p50_ratio", "max_p95_ratio"], name: str, new: f
 
 def check_p50(ev: StepEvidence, limits: Rollout) -> Breach | None:
     """Median latency against the stable version's."""
-    return _latency("max_p50_ratio", "p50", ev.new.p50_ms, ev.stable.p50_ms,
-                    limits.max_p50_ratio)
+    new, stable = ev.latency()
+    return _latency("max_p50_ratio", "p50", new.p50_ms, stable.p50_ms, limits.max_p50_ratio)
 
 
 def check_p95(ev: StepEvidence, limits: Rollout) -> Breach | None:
     """95th-percentile latency against the stable version's."""
-    return _latency("max_p95_ratio", "p95", ev.new.p95_ms, ev.stable.p95_ms,
-                    limits.max_p95_ratio)
+    new, stable = ev.latency()
+    return _latency("max_p95_ratio", "p95", new.p95_ms, stable.p95_ms, limits.max_p95_ratio)
 
 
 def check_suite_drop(ev: StepEvidence, limits: Rollout) -> Breach | None:
