@@ -170,3 +170,34 @@ def test_a_rollback_recorded_meanwhile_ends_the_rollout_without_moving_traffic(
     assert "by bob" in result.breaches[0]
     assert rig.routes.generation() == generation and rig.weights() == {STABLE: 100}
     assert rig.promoted == []
+
+
+@pytest.mark.parametrize(("bad", "kinds"), [
+    (False, ["rollout_step", "rollout_step", "deployed"]),
+    (True, ["rollout_step", "rolled_back", "rolled_back"]),
+])
+def test_steps_abort_and_promotion_are_notified(tmp_path: Path, bad: bool,
+                                                kinds: list[str]) -> None:
+    from upgate.notify.config import NotifySettings
+    from upgate.notify.events import outbox_for
+    from upgate.notify.outbox import Outbox
+
+    notify = NotifySettings.model_validate({"channels": [
+        {"type": "slack", "name": "team", "webhook_url_env": "X"}]})
+    rig = Rig(tmp_path, limits(), status={NEW: 500} if bad else {})
+
+    def record(node: str, event: str, data: dict[str, Any], key: str) -> None:
+        rig.ledger.append(CYCLE, node, event, data, key=key,
+                          outbox=outbox_for(notify, tmp_path, node, event, data))
+
+    rig.record = record  # type: ignore[method-assign]
+    rig.run()
+    rows = Outbox(rig.ledger.path).rows()
+    assert [r.type for r in rows] == kinds
+    assert rows[1].payload["alias"] == ALIAS and rows[1].payload["version_name"] == NEW
+    if bad:
+        assert rows[1].payload["restored_version"] == STABLE and rows[1].payload["breaches"]
+        rolled = rows[2].payload
+        assert rolled["trigger"] == "rollout" and rolled["to_version"] == STABLE
+    else:
+        assert rows[2].payload["version_name"] == NEW  # promoted: "deployed"

@@ -44,7 +44,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "deployed": ("deployment", "alias", "version_name", "duration_s"),
     "rollout_step": ("step", "percent", "alias", "version_name", "healthy"),
     "rolled_back": ("restored", "branch_deleted", "reason", "alias", "version_name",
-                    "breaches", "restored_version", "trigger"),
+                    "breaches", "restored_version", "trigger", "from_version", "to_version"),
     "verify_failed": ("problems", "entries"),
     "cycle_failed": ("reason", "recipe", "kind"),
 }
