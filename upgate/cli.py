@@ -20,9 +20,11 @@ from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_batch import batch_app, print_curve, print_held, stop_command
 from upgate.cli_critique import critique_command
+from upgate.cli_gateway import gateway_app
 from upgate.cli_notify import notify_app
 from upgate.cli_report import report_command
 from upgate.cli_rollback import rollback_command
+from upgate.cli_rollout import rollout_app
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
 from upgate.errors import EvalError, LedgerError, UpgateError
@@ -48,6 +50,8 @@ app.add_typer(batch_app, name="batch")
 app.command("stop")(stop_command)
 app.command("rollback")(rollback_command)
 app.command("report")(report_command)
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(rollout_app, name="rollout")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
 console = Console(soft_wrap=True)
