@@ -35,7 +35,9 @@ from upgate.sandboxes.base import (
     WORKSPACE,
     ExecResult,
     LimitName,
+    LineFeed,
     Mount,
+    OnOutput,
     OutputCapture,
     Sandbox,
     truncation_marker,
@@ -62,23 +64,38 @@ INIT_COMMAND = [
     "-c",
     "import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nwhile True: signal.pause()",
 ]
-# Reads the cgroup v1 or v2 counters of OOM kills and refused forks into $m and $p, with
-# shell builtins only: a fork bomb may have used up every pid.
-READ_COUNTERS = r"""
+RD = r"""
 rd() {
   _v=0; [ -r "$1" ] || return 0
   while read -r _k _n; do [ "$_k" = "$2" ] && _v=$_n; done < "$1"; return 0
 }
+"""
+# Reads the cgroup v1 or v2 counters of OOM kills and refused forks into $m and $p, with
+# shell builtins only: a fork bomb may have used up every pid.
+COUNTERS = r"""
 M=/sys/fs/cgroup/memory/memory.oom_control; [ -r $M ] || M=/sys/fs/cgroup/memory.events
 P=/sys/fs/cgroup/pids/pids.events; [ -r $P ] || P=/sys/fs/cgroup/pids.events
 rd $M oom_kill; m=$_v; rd $P max; p=$_v
 """
+READ_COUNTERS = RD + COUNTERS
+# The container's cgroup CPU usage in nanoseconds into $c (v2 cpu.stat, or v1 cpuacct),
+# builtins only. Commands run one at a time and `kill -9 -1` ends all they started, so the
+# difference around a command is that command's CPU time.
+READ_CPU = r"""
+cpu_ns() {
+  c=0; A=/sys/fs/cgroup/cpuacct/cpuacct.usage
+  if [ -r /sys/fs/cgroup/cpu.stat ]; then rd /sys/fs/cgroup/cpu.stat usage_usec; c=$((_v * 1000))
+  elif [ -r $A ]; then read -r c < $A
+  fi
+}
+"""
 WRAPPER = r"""
 n=$1; t=$2; shift 2
+""" + RD + READ_CPU + r"""cpu_ns; c0=$c
 timeout -s KILL "$t" "$@"; rc=$?
 kill -9 -1 2>/dev/null
-""" + READ_COUNTERS + r"""
-printf '\n%s %s %s %s\n' "$n" "$rc" "$m" "$p" >&2
+""" + COUNTERS + r"""cpu_ns
+printf '\n%s %s %s %s %s\n' "$n" "$rc" "$m" "$p" "$((c - c0))" >&2
 exit $rc
 """
 PROBE = READ_COUNTERS + 'printf "%s %s" "$m" "$p"'
@@ -118,15 +135,17 @@ class _StderrCapture:
         self._head.add(chunk)
         self._tail = (self._tail + chunk)[-TAIL_BYTES:]
 
-    def split(self, nonce: str) -> tuple[str, bool, tuple[int, int, int] | None]:
-        """(stderr text, truncated, (rc, oom_kills, pids_max_events) or None)."""
+    def split(self, nonce: str) -> tuple[str, bool, tuple[int, int, int, int] | None]:
+        """(stderr text, truncated, (rc, oom_kills, pids_max_events, cpu_ns) or None);
+        cpu_ns is -1 where the cgroup's CPU counter could not be read."""
         marker_at = self._tail.rfind(b"\n" + nonce.encode() + b" ")
-        marker: tuple[int, int, int] | None = None
+        marker: tuple[int, int, int, int] | None = None
         real_total = self._head.total
         if marker_at >= 0:
             fields = self._tail[marker_at:].split()
             try:
-                marker = (int(fields[1]), int(fields[2]), int(fields[3]))
+                cpu_ns = int(fields[4]) if len(fields) > 4 else -1
+                marker = (int(fields[1]), int(fields[2]), int(fields[3]), cpu_ns)
                 real_total -= len(self._tail) - marker_at
             except (IndexError, ValueError):
                 marker = None
@@ -134,6 +153,34 @@ class _StderrCapture:
         text = kept.decode("utf-8", errors="replace")
         truncated = real_total > self.max_bytes
         return (text + truncation_marker(self.max_bytes) if truncated else text), truncated, marker
+
+
+class _WrapperLineFeed(LineFeed):
+    """Output lines for a listener, without the wrapper's marker line at the end of stderr."""
+
+    def __init__(self, callback: OnOutput | None, max_bytes: int, nonce: str) -> None:
+        super().__init__(callback, max_bytes)
+        self._marker = (nonce + " ").encode()
+        self._held_blank = False
+
+    def _cap(self, stream: str) -> int:
+        # The marker line may follow a full cap of stderr: room for it, never delivered.
+        return self.max_bytes + (TAIL_BYTES if stream == "stderr" else 0)
+
+    def _deliver(self, stream: str, raw: bytes) -> None:
+        if stream != "stderr":
+            super()._deliver(stream, raw)
+            return
+        if raw.startswith(self._marker):
+            self._held_blank = False  # the blank line printed before the marker
+            return
+        if self._held_blank:
+            self._held_blank = False
+            super()._deliver(stream, b"")
+        if not raw:
+            self._held_blank = True
+            return
+        super()._deliver(stream, raw)
 
 
 class DockerSandbox(Sandbox):
@@ -260,9 +307,10 @@ class DockerSandbox(Sandbox):
         timeout_s: float = 60.0,
         cwd: str = WORKSPACE,
         env: dict[str, str] | None = None,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         """Run a command in the container under its limits; failures come back as results."""
-        return self._exec(command, timeout_s, cwd, env, self.config.max_output_bytes)
+        return self._exec(command, timeout_s, cwd, env, self.config.max_output_bytes, on_output)
 
     def _exec(
         self,
@@ -271,6 +319,7 @@ class DockerSandbox(Sandbox):
         cwd: str,
         env: dict[str, str] | None,
         max_output_bytes: int,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
         if not argv:
@@ -279,7 +328,9 @@ class DockerSandbox(Sandbox):
             cwd = posixpath.join(WORKSPACE, cwd)
         with self._lock:
             container = self._require()
-            return self._run(container, argv, timeout_s, cwd, env or {}, max_output_bytes)
+            return self._run(
+                container, argv, timeout_s, cwd, env or {}, max_output_bytes, on_output
+            )
 
     def _run(
         self,
@@ -289,6 +340,7 @@ class DockerSandbox(Sandbox):
         cwd: str,
         env: dict[str, str],
         max_output_bytes: int,
+        on_output: OnOutput | None,
     ) -> ExecResult:
         api = self._client.api
         nonce = "upgate-" + secrets.token_hex(8)
@@ -304,7 +356,10 @@ class DockerSandbox(Sandbox):
         sock = api.exec_start(exec_id, socket=True)
         out = OutputCapture(max_output_bytes)
         err = _StderrCapture(max_output_bytes)
-        reader = threading.Thread(target=_read_frames, args=(sock, out, err), daemon=True)
+        feed = _WrapperLineFeed(on_output, max_output_bytes, nonce)
+        reader = threading.Thread(
+            target=_read_frames, args=(sock, out, err, feed), daemon=True
+        )
         reader.start()
         reader.join(timeout_s + self.config.host_kill_grace_s)
         host_killed = False
@@ -317,6 +372,7 @@ class DockerSandbox(Sandbox):
                 _shutdown(sock)
                 reader.join(3.0)
         _close(sock)
+        feed.close()
         duration = time.monotonic() - started
         stderr, err_truncated, marker = err.split(nonce)
         exit_code = self._exit_code(exec_id, marker)
@@ -342,9 +398,10 @@ class DockerSandbox(Sandbox):
             timed_out=timed_out,
             truncated=out.truncated or err_truncated,
             limits_hit=tuple(limits),
+            cpu_s=None if marker is None or marker[3] < 0 else marker[3] / 1e9,
         )
 
-    def _exit_code(self, exec_id: str, marker: tuple[int, int, int] | None) -> int:
+    def _exit_code(self, exec_id: str, marker: tuple[int, int, int, int] | None) -> int:
         if marker is not None:
             return marker[0]
         for _ in range(20):
@@ -354,7 +411,9 @@ class DockerSandbox(Sandbox):
             time.sleep(0.05)
         return 137
 
-    def _new_limit_events(self, marker: tuple[int, int, int] | None) -> tuple[bool, bool]:
+    def _new_limit_events(
+        self, marker: tuple[int, int, int, int] | None
+    ) -> tuple[bool, bool]:
         """Whether the memory (OOM kills) or pids (fork refused) counters moved."""
         counters = self._probe_counters() if marker is None else (marker[1], marker[2])
         if counters is None:
@@ -567,15 +626,17 @@ def _remove_volume(volume: Any, attempts: int = 20, pause_s: float = 0.25) -> No
             time.sleep(pause_s)
 
 
-def _read_frames(sock: Any, out: OutputCapture, err: _StderrCapture) -> None:
+def _read_frames(sock: Any, out: OutputCapture, err: _StderrCapture, feed: LineFeed) -> None:
     from docker.utils.socket import STDERR, STDOUT, frames_iter
 
     try:
         for stream, data in frames_iter(sock, tty=False):
             if stream == STDOUT:
                 out.add(data)
+                feed.feed("stdout", data)
             elif stream == STDERR:
                 err.add(data)
+                feed.feed("stderr", data)
     except (OSError, ValueError):
         return
 
