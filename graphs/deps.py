@@ -22,6 +22,7 @@ from upgate.evals.harness import ChatChoiceHarness
 from upgate.evals.suite import Suite
 from upgate.ledger import Ledger
 from upgate.policy import Policy
+from upgate.progress import ProgressBoard, ProgressSink
 from upgate.sandboxes.base import Mount, Sandbox
 from upgate.store import Store
 from upgate.target_tree import TargetTrees
@@ -52,11 +53,22 @@ class Deps:
     admin: VllmAdmin | None
     now: Callable[[], datetime] = field(default=_utcnow)
     monitor_cases: int = 16
+    progress: ProgressSink | None = None
+    """Where long steps report progress; None: the state database's board alone."""
 
     @property
     def state_dir(self) -> Path:
         """The state folder."""
         return self.settings.state_dir
+
+    @cached_property
+    def progress_board(self) -> ProgressBoard:
+        """The progress of running steps, in the state database (other processes read it)."""
+        return ProgressBoard(self.store)
+
+    def progress_sink(self) -> ProgressSink:
+        """Where this process's long steps publish progress."""
+        return self.progress if self.progress is not None else self.progress_board
 
     @cached_property
     def trees(self) -> TargetTrees:

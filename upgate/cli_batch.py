@@ -13,18 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
 from upgate.errors import UpgateError
+from upgate.progress_view import bar_columns, terminal_progress
 
 if TYPE_CHECKING:
     from upgate.graphs.batch import BatchReport
@@ -69,18 +63,18 @@ def _open(config: Path | None, as_: str, key_dir: Path | None,
 
 
 def _run_with_bar(runner: Runner, total: int, go: Any) -> BatchReport:
-    from upgate.cli import _finish, _progress, console
+    """The batch under a cycles bar, with a bar per long step inside it (on a terminal)."""
+    from upgate.cli import _and_close_bars, _finish, console
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("cycles", total=total)
+    with Progress(*bar_columns(), console=console, transient=False) as bar:
+        task = bar.add_task("cycles", total=total, detail="")
 
         def on_cycle(state: Any) -> None:
             _finish(state, runner)
             bar.advance(task)
 
-        report: BatchReport = go(_progress, on_cycle)
+        with terminal_progress(runner, console, bar=bar) as steps:
+            report: BatchReport = go(_and_close_bars(steps), on_cycle)
     return report
 
 

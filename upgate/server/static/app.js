@@ -242,12 +242,33 @@ async function refreshView() {
 function follow(cycleId, after) {
   if (stream) stream.close();
   $("live").replaceChildren();
+  $("progress").replaceChildren();
   stream = new EventSource(`/api/cycles/${encodeURIComponent(cycleId)}/events?after=${after}`);
   stream.addEventListener("node", (ev) => {
     const e = JSON.parse(ev.data);
     $("live").append(el("li", {}, `${e.at.slice(11, 19)} ${e.node}: ${e.event}`));
   });
-  stream.addEventListener("end", () => { stream.close(); refreshView(); loadLists(); });
+  stream.addEventListener("progress", (ev) => showProgress(JSON.parse(ev.data)));
+  stream.addEventListener("end", () => {
+    stream.close(); $("progress").replaceChildren(); refreshView(); loadLists();
+  });
+}
+
+// One bar per long step of a node (training epochs and steps, eval cases, image builds),
+// updated in place; the detail comes from the sandbox and is shown as text only.
+function showProgress(p) {
+  const key = `${p.node}/${p.kind}`;
+  let row = [...$("progress").children].find((r) => r.dataset.key === key);
+  if (!row) {
+    row = el("div", {class: "bar", "data-key": key}, el("span", {class: "what"}),
+             el("progress", {}), el("span", {class: "count"}));
+    $("progress").append(row);
+  }
+  const [what, bar, count] = row.children;
+  what.textContent = `${p.node}: ${p.kind}`;
+  if (p.total) { bar.max = p.total; bar.value = Math.min(p.done, p.total); }
+  else bar.removeAttribute("value");
+  count.textContent = `${p.done}${p.total ? "/" + p.total : ""} ${p.detail || ""}`;
 }
 
 $("ask-form").addEventListener("submit", async (ev) => {
