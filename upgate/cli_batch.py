@@ -79,15 +79,19 @@ def _run_with_bar(runner: Runner, total: int, go: Any) -> BatchReport:
 
 
 def curve_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
-    """Per cycle: outcome, the served version's hidden-split score after it, its cost."""
+    """Per cycle: outcome, the served version's hidden-split score after it, its cost (wall
+    time, tokens, sandbox wall and CPU seconds)."""
     table = Table(title=title)
-    for name in ("cycle", "outcome", "served (hidden)", "time s", "tokens", "sandbox s"):
+    for name in ("cycle", "outcome", "served (hidden)", "time s", "tokens", "sandbox s",
+                 "sandbox CPU s"):
         table.add_column(name)
     for cycle_id, c in rows:
         score = c.get("served_hidden_score")
+        cpu = c.get("sandbox_cpu_s")  # absent from records made before CPU was counted
         table.add_row(cycle_id, str(c.get("outcome", "")),
                       "" if score is None else f"{score:.3f}", f"{c.get('wall_s', 0.0):.1f}",
-                      str(c.get("tokens", 0)), f"{c.get('sandbox_s', 0.0):.1f}")
+                      str(c.get("tokens", 0)), f"{c.get('sandbox_s', 0.0):.1f}",
+                      "" if cpu is None else f"{cpu:.1f}")
     return table
 
 

@@ -178,6 +178,20 @@ function renderPacket(view, packet) {
   return out;
 }
 
+// Time per node from the ledger; tokens and sandbox seconds from the meter's records.
+function renderCost(c) {
+  const secs = (x) => (x === null || x === undefined ? "not metered" : `${x.toFixed(1)} s`);
+  const rows = Object.entries(c.per_node_s || {}).map(([node, s]) =>
+    el("tr", {}, el("td", {}, node), el("td", {}, secs(s))));
+  return msg("time and cost", "agent cost",
+    kv({"wall time": secs(c.wall_s),
+        "model tokens": c.tokens === null ? "not metered" : c.tokens,
+        "sandbox wall time": secs(c.sandbox_s), "sandbox CPU time": secs(c.sandbox_cpu_s)}),
+    el("h4", {}, "Wall time per node"), el("table", {class: "per-node"}, ...rows),
+    c.metered ? null : el("p", {class: "note"},
+      "Tokens and sandbox seconds are metered for cycles a batch runs."));
+}
+
 function renderAnswer(a) {
   return msg(`answer · ${a.model ? a.model.model : "model"} (from the evidence packet only)`, "answer",
     el("p", {class: "answer"}, a.answer),
@@ -224,6 +238,7 @@ async function openCycle(cycleId) {
   }
   if (view.deployment) parts.push(msg("deploy", "agent", kv(view.deployment)));
   if (view.monitor) parts.push(msg("monitor", "agent", kv(view.monitor)));
+  if (view.cost) parts.push(renderCost(view.cost));
   $("messages").replaceChildren(...parts);
   renderChat(view);
   renderTimeline(view);
