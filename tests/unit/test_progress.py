@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from upgate.progress import (
     reporter,
     reporting,
 )
+from upgate.sandboxes import images
 from upgate.sandboxes.config import FakeSandboxConfig, get_sandbox
 from upgate.sandboxes.images import build_step
 from upgate.store import Store
@@ -168,6 +170,26 @@ def test_the_eval_harness_reports_each_scored_case() -> None:
 def test_build_steps_are_read_from_the_engines_stream() -> None:
     assert build_step("Step 3/12 : RUN pip install x\n") == (3, 12, "RUN pip install x")
     assert build_step(" ---> Running in 1a2b\n") is None
+
+
+def test_an_image_build_publishes_its_steps(tmp_path: Path) -> None:
+    class Api:
+        def build(self, **kwargs: Any) -> Iterator[dict[str, str]]:
+            yield {"stream": "Step 1/2 : FROM base\n"}
+            yield {"stream": " ---> 1a2b\n"}
+            yield {"stream": "Step 2/2 : RUN pip install --no-index wheels/*\n"}
+            yield {"stream": "Successfully built 3c4d\n"}
+
+    dockerfile = tmp_path / "x.Dockerfile"
+    dockerfile.write_text("FROM base\n")
+    (tmp_path / "wheels").mkdir()
+    sink = MemoryProgress()
+    with reporting(sink, "c1"):
+        images._build_context(SimpleNamespace(api=Api()), dockerfile, "", tmp_path / "wheels",
+                              "upgate-sandbox:test", {}, "sandbox")
+    assert [(e.kind, e.done, e.total, e.detail) for e in sink.events] == [
+        ("build", 1, 2, "sandbox: FROM base"),
+        ("build", 2, 2, "sandbox: RUN pip install --no-index wheels/*")]
 
 
 @contextmanager
