@@ -125,3 +125,4 @@ def test_lora_training_in_the_train_sandbox_reports_epochs_steps_and_cpu(
     assert {e.node for e in sink.events} == {"implement"}
     assert result.cpu_s is not None and result.cpu_s > 0
     print(f"training: {result.duration_s:.1f} s wall, {result.cpu_s:.1f} s CPU")
+
