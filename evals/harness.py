@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import string
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from upgate.errors import EvalError
 from upgate.evals.scorers import get_scorer
 from upgate.evals.suite import Case, Split
 from upgate.guard import check_model_requests
+from upgate.progress import reporter
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +173,18 @@ class ChatChoiceHarness:
                 lambda out: score_fn(out, case.expected, **options),
             )
 
+        report, scored, lock = reporter(), [0], threading.Lock()
+
+        def counted(job: tuple[int, Case]) -> CaseResult:
+            result = one(job)
+            with lock:
+                scored[0] += 1
+                report("case", scored[0], len(jobs), detail=model)
+            return result
+
         # Threads, not processes: the work is waiting on HTTP; map() keeps the order.
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upgate-eval") as pool:
-            results = list(pool.map(one, jobs))
+            results = list(pool.map(counted, jobs))
         failed = sum(r.error is not None for r in results)
         log.info("ran %d case(s) x %d on %s: %d error(s)", len(cases), repeats, model, failed)
         return results

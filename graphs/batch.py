@@ -165,6 +165,7 @@ class BatchLoop:
             "recipe": (state.get("proposal") or {}).get("recipe"),
             "wall_s": round(time.monotonic() - started, 3), "tokens": meter.tokens,
             "model_calls": meter.calls, "sandbox_s": round(meter.sandbox_s, 3),
+            "sandbox_cpu_s": round(meter.sandbox_cpu_s, 3),
             "sandbox_time": SANDBOX_TIME, "slice_deltas": deltas, "hidden": hidden,
             "served_hidden_score": self._served,
         }

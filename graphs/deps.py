@@ -24,6 +24,7 @@ from upgate.evals.suite import Suite
 from upgate.gateway.routes import RouteTable
 from upgate.ledger import Ledger
 from upgate.policy import Policy
+from upgate.progress import ProgressBoard, ProgressSink
 from upgate.rollout.probe import PinnedClientFactory, openai_pinned_client
 from upgate.sandboxes.base import Mount, Sandbox
 from upgate.store import Store
@@ -59,11 +60,22 @@ class Deps:
     """How a rollout sends suite cases through the gateway pinned to one version."""
     rollout_sleep: Callable[[float], None] = time.sleep
     """How a rollout step waits out its bake time."""
+    progress: ProgressSink | None = None
+    """Where long steps report progress; None: the state database's board alone."""
 
     @property
     def state_dir(self) -> Path:
         """The state folder."""
         return self.settings.state_dir
+
+    @cached_property
+    def progress_board(self) -> ProgressBoard:
+        """The progress of running steps, in the state database (other processes read it)."""
+        return ProgressBoard(self.store)
+
+    def progress_sink(self) -> ProgressSink:
+        """Where this process's long steps publish progress."""
+        return self.progress if self.progress is not None else self.progress_board
 
     @cached_property
     def trees(self) -> TargetTrees:

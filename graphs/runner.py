@@ -28,6 +28,7 @@ from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
 from upgate.identity import Signer
 from upgate.notify.events import outbox_for
+from upgate.progress import reporting
 from upgate.records import Decision
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,18 @@ class Runner:
                progress: Progress | None) -> CycleState:
         # durability="sync": each step's checkpoint is on disk before the next step starts,
         # so a kill at any point resumes from the last finished node.
-        for update in self.graph.stream(payload, self._config(cycle_id), context=self.deps,
-                                        stream_mode="updates", durability="sync"):
-            assert isinstance(update, dict)
-            for node, data in update.items():
-                if progress is not None and node != "__interrupt__":
-                    progress(node, data or {})
+        try:
+            with reporting(self.deps.progress_sink(), cycle_id):
+                for update in self.graph.stream(payload, self._config(cycle_id),
+                                                context=self.deps, stream_mode="updates",
+                                                durability="sync"):
+                    assert isinstance(update, dict)
+                    for node, data in update.items():
+                        if progress is not None and node != "__interrupt__":
+                            progress(node, data or {})
+        finally:
+            # Nothing of this cycle runs any more here: its long steps are over.
+            self.deps.progress_board.prune(cycle_id)
         return self.state(cycle_id)
 
     def start(self, requester: str, *, cycle_id: str | None = None,

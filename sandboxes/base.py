@@ -8,7 +8,10 @@ hit) is an `ExecResult`, not an exception; only broken infrastructure raises.
 from __future__ import annotations
 
 import abc
+import logging
 import posixpath
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -16,6 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from upgate.errors import SandboxError
+
+log = logging.getLogger(__name__)
 
 LimitName = Literal["timeout", "memory", "pids", "output", "disk", "network"]
 
@@ -57,6 +62,74 @@ class OutputCapture:
         return out + truncation_marker(self.max_bytes) if self.truncated else out
 
 
+OnOutput = Callable[[str], None]
+"""Called with each output line (stdout or stderr, without its newline) while it runs."""
+
+MAX_LINE_CHARS = 4096
+"""Longer lines reach an `on_output` callback cut to this many characters."""
+
+
+class LineFeed:
+    """Splits a command's output streams into lines for an `on_output` callback, live.
+
+    Thread-safe (stdout and stderr are read by separate threads; one line is delivered at
+    a time), bounded like the captured output (at most `max_bytes` per stream reach the
+    callback, so the output cap holds for listeners too), and a callback that raises is
+    logged once and dropped: a listener never breaks the command it watches.
+    """
+
+    def __init__(self, callback: OnOutput | None, max_bytes: int) -> None:
+        self.callback = callback
+        self.max_bytes = max_bytes
+        self._pending: dict[str, bytes] = {}
+        self._fed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        """Take a chunk of one stream ("stdout", "stderr"); deliver its complete lines."""
+        if self.callback is None or not chunk:
+            return
+        with self._lock:
+            room = self._cap(stream) - self._fed.get(stream, 0)
+            if room <= 0:
+                return
+            chunk = chunk[:room]
+            self._fed[stream] = self._fed.get(stream, 0) + len(chunk)
+            data = self._pending.get(stream, b"") + chunk
+            *lines, rest = data.split(b"\n")
+            self._pending[stream] = rest
+            if len(rest) > MAX_LINE_CHARS * 4:  # a line without end: deliver what came
+                self._pending[stream] = b""
+                lines.append(rest)
+            for line in lines:
+                self._deliver(stream, line)
+
+    def _cap(self, stream: str) -> int:
+        """How many bytes of `stream` may reach the callback (subclasses cap by stream)."""
+        del stream
+        return self.max_bytes
+
+    def close(self) -> None:
+        """Deliver the unterminated last line of each stream, if any."""
+        if self.callback is None:
+            return
+        with self._lock:
+            for stream in list(self._pending):
+                rest = self._pending.pop(stream)
+                if rest:
+                    self._deliver(stream, rest)
+
+    def _deliver(self, stream: str, raw: bytes) -> None:
+        if self.callback is None:
+            return
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")[:MAX_LINE_CHARS]
+        try:
+            self.callback(text)
+        except Exception:
+            log.warning("an output listener failed; it gets no more lines", exc_info=True)
+            self.callback = None
+
+
 def workspace_path(path: str) -> str:
     """The absolute in-sandbox path of `path`; refuses any path that leaves the workspace.
 
@@ -86,6 +159,8 @@ class ExecResult(BaseModel):
     timed_out: bool = False
     truncated: bool = False
     limits_hit: tuple[LimitName, ...] = ()
+    cpu_s: float | None = None
+    """CPU seconds (user + system) the command used, where the backend can tell; else None."""
 
     @property
     def ok(self) -> bool:
@@ -130,8 +205,13 @@ class Sandbox(abc.ABC):
         timeout_s: float = 60.0,
         cwd: str = WORKSPACE,
         env: dict[str, str] | None = None,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
-        """Run a command (argv list, or a string for `sh -c`) under the sandbox's limits."""
+        """Run a command (argv list, or a string for `sh -c`) under the sandbox's limits.
+
+        `on_output`, if given, is called with each output line while the command runs
+        (from another thread); the result is the same with or without it.
+        """
 
     @abc.abstractmethod
     def read_file(self, path: str) -> str:

@@ -36,12 +36,19 @@ from upgate.sandboxes.base import (
     ExecResult,
     LimitName,
     Mount,
+    OnOutput,
     OutputCapture,
     Sandbox,
-    truncation_marker,
     workspace_path,
 )
 from upgate.sandboxes.config import DockerSandboxConfig
+from upgate.sandboxes.docker_exec import (
+    PROBE,
+    WRAPPER,
+    StderrCapture,
+    WrapperLineFeed,
+    read_frames,
+)
 from upgate.sandboxes.gitbaseline import DIFF_OUTPUT_BYTES, baseline_diff, record_baseline
 
 logger = logging.getLogger(__name__)
@@ -62,27 +69,6 @@ INIT_COMMAND = [
     "-c",
     "import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nwhile True: signal.pause()",
 ]
-# Reads the cgroup v1 or v2 counters of OOM kills and refused forks into $m and $p, with
-# shell builtins only: a fork bomb may have used up every pid.
-READ_COUNTERS = r"""
-rd() {
-  _v=0; [ -r "$1" ] || return 0
-  while read -r _k _n; do [ "$_k" = "$2" ] && _v=$_n; done < "$1"; return 0
-}
-M=/sys/fs/cgroup/memory/memory.oom_control; [ -r $M ] || M=/sys/fs/cgroup/memory.events
-P=/sys/fs/cgroup/pids/pids.events; [ -r $P ] || P=/sys/fs/cgroup/pids.events
-rd $M oom_kill; m=$_v; rd $P max; p=$_v
-"""
-WRAPPER = r"""
-n=$1; t=$2; shift 2
-timeout -s KILL "$t" "$@"; rc=$?
-kill -9 -1 2>/dev/null
-""" + READ_COUNTERS + r"""
-printf '\n%s %s %s %s\n' "$n" "$rc" "$m" "$p" >&2
-exit $rc
-"""
-PROBE = READ_COUNTERS + 'printf "%s %s" "$m" "$p"'
-TAIL_BYTES = 512
 MAX_READ_BYTES = 64 * 1024 * 1024
 
 _live: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
@@ -104,36 +90,6 @@ def docker_client() -> Any:
             f"no Docker engine answers ({exc}); start dockerd, or use the local backend"
         ) from exc
     return client
-
-
-class _StderrCapture:
-    """Stderr with the wrapper's trailing marker line held back from the kept text."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._head = OutputCapture(max_bytes + TAIL_BYTES)
-        self._tail = b""
-
-    def add(self, chunk: bytes) -> None:
-        self._head.add(chunk)
-        self._tail = (self._tail + chunk)[-TAIL_BYTES:]
-
-    def split(self, nonce: str) -> tuple[str, bool, tuple[int, int, int] | None]:
-        """(stderr text, truncated, (rc, oom_kills, pids_max_events) or None)."""
-        marker_at = self._tail.rfind(b"\n" + nonce.encode() + b" ")
-        marker: tuple[int, int, int] | None = None
-        real_total = self._head.total
-        if marker_at >= 0:
-            fields = self._tail[marker_at:].split()
-            try:
-                marker = (int(fields[1]), int(fields[2]), int(fields[3]))
-                real_total -= len(self._tail) - marker_at
-            except (IndexError, ValueError):
-                marker = None
-        kept = b"".join(self._head._parts)[: min(real_total, self.max_bytes)]
-        text = kept.decode("utf-8", errors="replace")
-        truncated = real_total > self.max_bytes
-        return (text + truncation_marker(self.max_bytes) if truncated else text), truncated, marker
 
 
 class DockerSandbox(Sandbox):
@@ -260,9 +216,10 @@ class DockerSandbox(Sandbox):
         timeout_s: float = 60.0,
         cwd: str = WORKSPACE,
         env: dict[str, str] | None = None,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         """Run a command in the container under its limits; failures come back as results."""
-        return self._exec(command, timeout_s, cwd, env, self.config.max_output_bytes)
+        return self._exec(command, timeout_s, cwd, env, self.config.max_output_bytes, on_output)
 
     def _exec(
         self,
@@ -271,6 +228,7 @@ class DockerSandbox(Sandbox):
         cwd: str,
         env: dict[str, str] | None,
         max_output_bytes: int,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
         if not argv:
@@ -279,7 +237,9 @@ class DockerSandbox(Sandbox):
             cwd = posixpath.join(WORKSPACE, cwd)
         with self._lock:
             container = self._require()
-            return self._run(container, argv, timeout_s, cwd, env or {}, max_output_bytes)
+            return self._run(
+                container, argv, timeout_s, cwd, env or {}, max_output_bytes, on_output
+            )
 
     def _run(
         self,
@@ -289,6 +249,7 @@ class DockerSandbox(Sandbox):
         cwd: str,
         env: dict[str, str],
         max_output_bytes: int,
+        on_output: OnOutput | None,
     ) -> ExecResult:
         api = self._client.api
         nonce = "upgate-" + secrets.token_hex(8)
@@ -303,8 +264,11 @@ class DockerSandbox(Sandbox):
         )["Id"]
         sock = api.exec_start(exec_id, socket=True)
         out = OutputCapture(max_output_bytes)
-        err = _StderrCapture(max_output_bytes)
-        reader = threading.Thread(target=_read_frames, args=(sock, out, err), daemon=True)
+        err = StderrCapture(max_output_bytes)
+        feed = WrapperLineFeed(on_output, max_output_bytes, nonce)
+        reader = threading.Thread(
+            target=read_frames, args=(sock, out, err, feed), daemon=True
+        )
         reader.start()
         reader.join(timeout_s + self.config.host_kill_grace_s)
         host_killed = False
@@ -317,6 +281,7 @@ class DockerSandbox(Sandbox):
                 _shutdown(sock)
                 reader.join(3.0)
         _close(sock)
+        feed.close()
         duration = time.monotonic() - started
         stderr, err_truncated, marker = err.split(nonce)
         exit_code = self._exit_code(exec_id, marker)
@@ -342,9 +307,10 @@ class DockerSandbox(Sandbox):
             timed_out=timed_out,
             truncated=out.truncated or err_truncated,
             limits_hit=tuple(limits),
+            cpu_s=None if marker is None or marker[3] < 0 else marker[3] / 1e9,
         )
 
-    def _exit_code(self, exec_id: str, marker: tuple[int, int, int] | None) -> int:
+    def _exit_code(self, exec_id: str, marker: tuple[int, int, int, int] | None) -> int:
         if marker is not None:
             return marker[0]
         for _ in range(20):
@@ -354,7 +320,9 @@ class DockerSandbox(Sandbox):
             time.sleep(0.05)
         return 137
 
-    def _new_limit_events(self, marker: tuple[int, int, int] | None) -> tuple[bool, bool]:
+    def _new_limit_events(
+        self, marker: tuple[int, int, int, int] | None
+    ) -> tuple[bool, bool]:
         """Whether the memory (OOM kills) or pids (fork refused) counters moved."""
         counters = self._probe_counters() if marker is None else (marker[1], marker[2])
         if counters is None:
@@ -565,19 +533,6 @@ def _remove_volume(volume: Any, attempts: int = 20, pause_s: float = 0.25) -> No
                 logger.warning("could not remove sandbox volume: %s", exc)
                 return
             time.sleep(pause_s)
-
-
-def _read_frames(sock: Any, out: OutputCapture, err: _StderrCapture) -> None:
-    from docker.utils.socket import STDERR, STDOUT, frames_iter
-
-    try:
-        for stream, data in frames_iter(sock, tty=False):
-            if stream == STDOUT:
-                out.add(data)
-            elif stream == STDERR:
-                err.add(data)
-    except (OSError, ValueError):
-        return
 
 
 def _raw_socket(sock: Any) -> Any:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from upgate.errors import SandboxError
-from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, Sandbox, workspace_path
+from upgate.sandboxes.base import (
+    WORKSPACE,
+    ExecResult,
+    Mount,
+    OnOutput,
+    Sandbox,
+    workspace_path,
+)
 from upgate.sandboxes.config import FakeSandboxConfig, LocalSandboxConfig
 from upgate.sandboxes.gitbaseline import baseline_diff, record_baseline
 from upgate.sandboxes.process import run_host_process
@@ -73,9 +80,10 @@ class HostDirSandbox(Sandbox):
         timeout_s: float = 60.0,
         cwd: str = WORKSPACE,
         env: dict[str, str] | None = None,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         """Run a command under the backend's limits; failures come back as results."""
-        return self._exec(command, timeout_s, cwd, env, self.config.max_output_bytes)
+        return self._exec(command, timeout_s, cwd, env, self.config.max_output_bytes, on_output)
 
     def _exec(
         self,
@@ -84,12 +92,13 @@ class HostDirSandbox(Sandbox):
         cwd: str,
         env: dict[str, str] | None,
         max_output_bytes: int,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
         if not argv:
             raise SandboxError("empty command; pass an argv list or a shell string")
         with self._lock:
-            return self._run(argv, timeout_s, cwd, env or {}, max_output_bytes)
+            return self._run(argv, timeout_s, cwd, env or {}, max_output_bytes, on_output)
 
     def _run(
         self,
@@ -98,6 +107,7 @@ class HostDirSandbox(Sandbox):
         cwd: str,
         env: dict[str, str],
         max_output_bytes: int,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         host_cwd = self._host_cwd(cwd)
         full_env = {
@@ -112,6 +122,7 @@ class HostDirSandbox(Sandbox):
             env=full_env,
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
+            on_output=on_output,
         )
 
     def _home(self) -> Path:

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from upgate.errors import SandboxError, SandboxUnavailableError
+from upgate.progress import reporter
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ REPOSITORIES: dict[str, str] = {"sandbox": "upgate-sandbox", "train": "upgate-tr
 SANDBOX_REQUIREMENTS = "pytest==9.2.0\n"
 TRAIN_REQUIREMENTS_FILE = IMAGES_DIR / "train-requirements.txt"
 TARGET_DOCKERFILE = IMAGES_DIR / "target.Dockerfile"
+
+
+BUILD_STEP = re.compile(r"Step (\d{1,6})/(\d{1,6}) : (.*)")
 
 
 def cache_dir() -> Path:
@@ -237,6 +242,7 @@ def _build_context(
             _link_or_copy(wheel, context / "wheels" / wheel.name)
         logger.info("building %s (this takes a while the first time)", tag)
         log: list[str] = []
+        report = reporter()
         for event in client.api.build(
             path=str(context),
             tag=tag,
@@ -250,9 +256,21 @@ def _build_context(
         ):
             if "stream" in event:
                 log.append(str(event["stream"]))
+                step = build_step(str(event["stream"]))
+                if step is not None:
+                    report("build", step[0], step[1], detail=f"{label}: {step[2]}")
             if "error" in event:
                 tail = "".join(log)[-3000:]
                 raise SandboxError(f"building {tag} failed: {event['error']}\n{tail}")
+
+
+def build_step(text: str) -> tuple[int, int, str] | None:
+    """(step, of steps, instruction) from a line of the engine's build stream, if it is a
+    `Step N/M : INSTRUCTION` line."""
+    found = BUILD_STEP.match(text.strip())
+    if found is None:
+        return None
+    return int(found[1]), int(found[2]), found[3][:80]
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

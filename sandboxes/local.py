@@ -4,7 +4,8 @@ What it isolates: each command runs in fresh user, pid, network, ipc, uts and cg
 namespaces (no network at all, not even loopback of the host), as uid 1000 inside, with an
 empty environment, a read-only view of the host's /usr (and /bin, /lib through it), a
 private /proc, /dev and size-limited /tmp, and the workspace (a host temp dir) bound
-read-write at /workspace. Every process the command started dies when it ends.
+read-write at /workspace. The command is pid 1 of its pid namespace, so every process it
+started dies when it ends, and its CPU time reaches upgate through the child's rusage.
 
 What it does NOT isolate, plainly:
 - It shares the host kernel with no seccomp profile: a kernel bug is an escape.
@@ -24,7 +25,7 @@ import shutil
 from collections.abc import Sequence
 
 from upgate.errors import SandboxError, SandboxUnavailableError
-from upgate.sandboxes.base import WORKSPACE, ExecResult, LimitName, Mount
+from upgate.sandboxes.base import WORKSPACE, ExecResult, LimitName, Mount, OnOutput
 from upgate.sandboxes.config import LocalSandboxConfig, parse_size
 from upgate.sandboxes.hostdir import HostDirSandbox
 from upgate.sandboxes.process import run_host_process
@@ -82,6 +83,7 @@ class LocalSandbox(HostDirSandbox):
         cwd: str,
         env: dict[str, str],
         max_output_bytes: int,
+        on_output: OnOutput | None = None,
     ) -> ExecResult:
         result = run_host_process(
             [*self._rlimits(), *self._jail_argv(cwd, env), "--", *argv],
@@ -89,6 +91,7 @@ class LocalSandbox(HostDirSandbox):
             env={"PATH": "/usr/bin:/bin"},
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
+            on_output=on_output,
         )
         return _with_guessed_limits(result)
 
@@ -110,6 +113,10 @@ class LocalSandbox(HostDirSandbox):
         args = [
             self._bwrap,
             "--unshare-all",
+            # The command is pid 1 of its namespace (no bwrap reaper between): bwrap's
+            # reaper is never waited for, so the command's CPU rusage would be lost with it.
+            # When pid 1 ends, the kernel kills everything else in the namespace.
+            "--as-pid-1",
             "--die-with-parent",
             "--new-session",
             "--clearenv",

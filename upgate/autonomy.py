@@ -56,6 +56,7 @@ class Spend:
     tokens: int = 0
     sandbox_s: float = 0.0
     wall_s: float = 0.0
+    sandbox_cpu_s: float = 0.0
 
 
 RESUME_HINT = "then resume with `upgate batch resume --as NAME --reason '...'`"
@@ -104,7 +105,7 @@ def check_setbacks(outcomes: Sequence[str], limit: int) -> Pause | None:
 
 def spend_since(entries: Sequence[Entry], since: str) -> Spend:
     """Tokens (per agent call) and cycle costs recorded at or after `since` (ISO time)."""
-    tokens, sandbox_s, wall_s = 0, 0.0, 0.0
+    tokens, sandbox_s, wall_s, cpu_s = 0, 0.0, 0.0, 0.0
     for e in entries:
         if e.at < since:
             continue
@@ -113,7 +114,8 @@ def spend_since(entries: Sequence[Entry], since: str) -> Spend:
         elif e.node == COST_NODE and e.event == COST_EVENT:
             sandbox_s += float(e.payload.get("sandbox_s", 0.0))
             wall_s += float(e.payload.get("wall_s", 0.0))
-    return Spend(tokens=tokens, sandbox_s=sandbox_s, wall_s=wall_s)
+            cpu_s += float(e.payload.get("sandbox_cpu_s", 0.0))  # absent from older entries
+    return Spend(tokens=tokens, sandbox_s=sandbox_s, wall_s=wall_s, sandbox_cpu_s=cpu_s)
 
 
 def check_budget(spend: Spend, budget: Budget, scope: str) -> Pause | None:
@@ -122,6 +124,8 @@ def check_budget(spend: Spend, budget: Budget, scope: str) -> Pause | None:
         ("tokens", spend.tokens, budget.tokens, "model tokens"),
         ("sandbox_seconds", spend.sandbox_s, budget.sandbox_seconds,
          "sandbox seconds (wall time of sandbox commands)"),
+        ("sandbox_cpu_seconds", spend.sandbox_cpu_s, budget.sandbox_cpu_seconds,
+         "sandbox CPU seconds"),
         ("wall_seconds", spend.wall_s, budget.wall_seconds, "wall seconds of cycles"),
     ):
         if limit is not None and used >= limit:

@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,7 @@ from upgate.graphs.runner import Runner, validate_cycle_id
 from upgate.graphs.state import CycleState
 from upgate.identity import KeySigner, default_key_dir, load_signer, person_key_id
 from upgate.ledger import open_ledger
+from upgate.progress_view import TerminalProgress, terminal_progress
 
 app = typer.Typer(
     help="upgate: propose, sandbox, critique, approve, deploy and record AI upgrades.",
@@ -125,6 +127,14 @@ def _progress(node: str, data: dict[str, Any]) -> None:
     console.print(line, highlight=False)
 
 
+def _and_close_bars(bars: TerminalProgress) -> Callable[[str, dict[str, Any]], None]:
+    """The node printer, which also removes the bars of the node that just ended."""
+    def show(node: str, data: dict[str, Any]) -> None:
+        bars.node_done(node)
+        _progress(node, data)
+    return show
+
+
 def _finish(state: CycleState, runner: Runner) -> None:
     cycle = str(state.get("cycle_id", "?"))
     outcome = str(state.get("outcome", "?"))
@@ -176,8 +186,9 @@ def run(config: ConfigOpt = None, as_: AsOpt = "", key_dir: KeyDirOpt = None) ->
     _identify(runner, requester, key_dir, "operator")
     console.print(f"[bold]upgate[/bold]: cycle on {runner.deps.manifest.name} "
                   f"requested by {requester}")
-    with console.status("running the cycle (evaluations and training take minutes on a CPU)"):
-        state = runner.start(requester, progress=_progress)
+    with terminal_progress(runner, console, status="running the cycle (evaluations and "
+                           "training take minutes on a CPU)") as bars:
+        state = runner.start(requester, progress=_and_close_bars(bars))
     _finish(state, runner)
 
 

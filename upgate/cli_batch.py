@@ -13,18 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
 from upgate.errors import UpgateError
+from upgate.progress_view import bar_columns, terminal_progress
 
 if TYPE_CHECKING:
     from upgate.graphs.batch import BatchReport
@@ -69,34 +63,38 @@ def _open(config: Path | None, as_: str, key_dir: Path | None,
 
 
 def _run_with_bar(runner: Runner, total: int, go: Any) -> BatchReport:
-    from upgate.cli import _finish, _progress, console
+    """The batch under a cycles bar, with a bar per long step inside it (on a terminal)."""
+    from upgate.cli import _and_close_bars, _finish, console
     from upgate.notify.worker import delivering
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
     deps = runner.deps
     with delivering(deps.state_dir, deps.settings.notify), \
-            Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("cycles", total=total)
+            Progress(*bar_columns(), console=console, transient=False) as bar:
+        task = bar.add_task("cycles", total=total, detail="")
 
         def on_cycle(state: Any) -> None:
             _finish(state, runner)
             bar.advance(task)
 
-        report: BatchReport = go(_progress, on_cycle)
+        with terminal_progress(runner, console, bar=bar) as steps:
+            report: BatchReport = go(_and_close_bars(steps), on_cycle)
     return report
 
 
 def curve_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
-    """Per cycle: outcome, the served version's hidden-split score after it, its cost."""
+    """Per cycle: outcome, the served version's hidden-split score after it, its cost (wall
+    time, tokens, sandbox wall and CPU seconds)."""
     table = Table(title=title)
-    for name in ("cycle", "outcome", "served (hidden)", "time s", "tokens", "sandbox s"):
+    for name in ("cycle", "outcome", "served (hidden)", "time s", "tokens", "sandbox s",
+                 "sandbox CPU s"):
         table.add_column(name)
     for cycle_id, c in rows:
         score = c.get("served_hidden_score")
+        cpu = c.get("sandbox_cpu_s")  # absent from records made before CPU was counted
         table.add_row(cycle_id, str(c.get("outcome", "")),
                       "" if score is None else f"{score:.3f}", f"{c.get('wall_s', 0.0):.1f}",
-                      str(c.get("tokens", 0)), f"{c.get('sandbox_s', 0.0):.1f}")
+                      str(c.get("tokens", 0)), f"{c.get('sandbox_s', 0.0):.1f}",
+                      "" if cpu is None else f"{cpu:.1f}")
     return table
 
 

@@ -1,9 +1,11 @@
-"""What a cycle costs: model tokens per agent call and seconds of sandbox commands.
+"""What a cycle costs: model tokens per agent call, and the wall and CPU seconds of sandbox
+commands.
 
 Agents report each chat call's usage metadata through `report_tokens` (one line in the
 typed-call path); a `Meter` installed around a cycle records every call in the ledger and
-sums it. Sandboxes made through `metered_factory` add each command's duration to the same
-meter. Outside a metered cycle, reports go nowhere.
+sums it. Sandboxes made through `metered_factory` add each command's wall seconds and the
+CPU seconds its backend reported (Docker: the container's cgroup counter; local and fake:
+the child's rusage) to the same meter. Outside a metered cycle, reports go nowhere.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from upgate.ledger import Ledger
-from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, Sandbox
+from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, OnOutput, Sandbox
 
 log = logging.getLogger(__name__)
 
 SANDBOX_TIME = "wall"
-"""What `sandbox_s` counts: the wall seconds of each command (no backend reads CPU time)."""
+"""What `sandbox_s` counts: the wall seconds of each command (`sandbox_cpu_s` counts CPU)."""
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Meter:
     tokens: int = 0
     calls: int = 0
     sandbox_s: float = 0.0
+    sandbox_cpu_s: float = 0.0
+    """CPU seconds of sandbox commands (commands whose backend could not tell count 0)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_usage(self, agent_call: str, usage: dict[str, Any], model: str) -> None:
@@ -48,10 +52,11 @@ class Meter:
                 "model": model, "input_tokens": int(usage.get("input_tokens", 0)),
                 "output_tokens": int(usage.get("output_tokens", 0)), "total_tokens": total})
 
-    def add_sandbox(self, seconds: float) -> None:
-        """Count one sandbox command's duration."""
+    def add_sandbox(self, seconds: float, cpu_s: float | None = None) -> None:
+        """Count one sandbox command's duration and, where known, its CPU seconds."""
         with self._lock:
             self.sandbox_s += seconds
+            self.sandbox_cpu_s += cpu_s or 0.0
 
 
 _active: Meter | None = None
@@ -94,12 +99,14 @@ class MeteredSandbox(Sandbox):
         self.inner.stop()
 
     def exec(self, command: list[str] | str, *, timeout_s: float = 60.0, cwd: str = WORKSPACE,
-             env: dict[str, str] | None = None) -> ExecResult:
-        """Run a command in the wrapped sandbox and count its seconds."""
-        result = self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env)
+             env: dict[str, str] | None = None,
+             on_output: OnOutput | None = None) -> ExecResult:
+        """Run a command in the wrapped sandbox and count its wall and CPU seconds."""
+        result = self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env,
+                                 on_output=on_output)
         meter = _active
         if meter is not None:
-            meter.add_sandbox(result.duration_s)
+            meter.add_sandbox(result.duration_s, result.cpu_s)
         return result
 
     def read_file(self, path: str) -> str:

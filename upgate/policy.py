@@ -78,7 +78,10 @@ class Budget(BaseModel):
     tokens: int | None = Field(default=None, ge=0)
     """Model tokens (prompt + completion) the agents' chat calls reported."""
     sandbox_seconds: float | None = Field(default=None, ge=0.0)
-    """Wall seconds of sandbox commands (the backends report wall time, not CPU time)."""
+    """Wall seconds of sandbox commands."""
+    sandbox_cpu_seconds: float | None = Field(default=None, ge=0.0)
+    """CPU seconds (user + system) of sandbox commands, as their backends report them (the
+    Docker container's cgroup counter; the child's rusage on the local backends)."""
     wall_seconds: float | None = Field(default=None, ge=0.0)
     """Wall time of the cycles themselves."""
 

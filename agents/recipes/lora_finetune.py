@@ -27,6 +27,7 @@ from upgate.artifacts import freeze_tree
 from upgate.errors import SandboxError
 from upgate.hashing import sha256_tree
 from upgate.policy import ChangeKind
+from upgate.progress import reporter
 from upgate.records import Artifact, Proposal
 from upgate.sandboxes.base import Mount, Sandbox
 
@@ -123,6 +124,7 @@ def _lora_finetune(box: Sandbox, ctx: CoderContext, p: Proposal, out: list[str])
                 "--lr", str(p.args.get("learning_rate", 1e-3)), "--seed", "0", "--out", "out",
             ],
             timeout_s=TRAIN_TIMEOUT_S,
+            on_output=reporter().lines(),  # epochs and steps, live, as the script prints them
         )
         out.append("lora_finetune: " + result.summary(3000))
         if not result.ok:

@@ -19,7 +19,8 @@ plainer or more casual register, common synonyms, other numbers and names, a typ
 case. A model trained on one phrasing of each ticket learns the phrasing; trained on many,
 it has to learn what the ticket is about.
 
-Output: one JSON line per epoch on stdout ({"event": "epoch", ...}), the adapter
+Output: one JSON progress line per optimizer step ({"event": "step", "epoch", "step",
+"steps", "loss"}) and per epoch ({"event": "epoch", "epoch", "epochs", ...}), the adapter
 (adapter_config.json, adapter_model.safetensors) in --out, then one summary JSON line
 ({"event": "done", ...}). Exit status 2 for bad input, 1 when training diverges.
 """
@@ -423,6 +424,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         order = list(range(len(examples)))
         order_rng.shuffle(order)
         total, steps = 0.0, 0
+        per_epoch = math.ceil(len(order) / args.batch_size)
         for start in range(0, len(order), args.batch_size):
             batch = collate([suffixes[i] for i in order[start : start + args.batch_size]], pad_id)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -435,11 +437,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.step()
             total += value
             steps += 1
+            emit({"event": "step", "epoch": epoch, "step": steps, "steps": per_epoch,
+                  "loss": round(value, 6)})
         final_loss = total / steps
         emit(
             {
                 "event": "epoch",
                 "epoch": epoch,
+                "epochs": args.epochs,
                 "loss": round(final_loss, 6),
                 "steps": steps,
                 "seconds": round(time.monotonic() - epoch_start, 2),

@@ -17,7 +17,7 @@ from upgate.evals.harness import ChatChoiceHarness
 from upgate.evals.suite import load_suite
 from upgate.policy import ChangeKind, KindRule, Policy, load_policy
 from upgate.records import Verdict
-from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, Sandbox
+from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, OnOutput, Sandbox
 from upgate.sandboxes.config import (
     get_sandbox,
 )
@@ -79,10 +79,12 @@ class BaselineMemo(Sandbox):
         self.inner.stop()
 
     def exec(self, command: list[str] | str, *, timeout_s: float = 60.0,
-             cwd: str = WORKSPACE, env: dict[str, str] | None = None) -> ExecResult:
+             cwd: str = WORKSPACE, env: dict[str, str] | None = None,
+             on_output: OnOutput | None = None) -> ExecResult:
         """Run a command; the baseline's test command runs once per memo."""
         if self.patched or command != self.test_command:
-            return self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env)
+            return self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env,
+                                   on_output=on_output)
         if command not in self.memo:
             self.memo[command] = self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env)
         return self.memo[command]

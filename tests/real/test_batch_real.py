@@ -24,7 +24,7 @@ from upgate.graphs.batch import BatchReport, resume_batch
 from upgate.graphs.runner import Runner
 from upgate.meter import MeteredSandbox
 from upgate.notify.outbox import Outbox
-from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, Sandbox
+from upgate.sandboxes.base import WORKSPACE, ExecResult, Mount, OnOutput, Sandbox
 
 from ..conftest import (
     OracleClient,
@@ -94,11 +94,13 @@ class SlowFirstCommand(MeteredSandbox):
     result: ExecResult | None = None
 
     def exec(self, command: list[str] | str, *, timeout_s: float = 60.0, cwd: str = WORKSPACE,
-             env: dict[str, str] | None = None) -> ExecResult:
+             env: dict[str, str] | None = None,
+             on_output: OnOutput | None = None) -> ExecResult:
         if not SlowFirstCommand.started.is_set():
             SlowFirstCommand.started.set()
             SlowFirstCommand.result = self.inner.exec(["sleep", "600"], timeout_s=900)
-        return self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env)
+        return self.inner.exec(command, timeout_s=timeout_s, cwd=cwd, env=env,
+                               on_output=on_output)
 
 
 def test_stop_kills_the_sandbox_in_flight_and_a_person_resumes(

@@ -109,6 +109,11 @@ def test_a_tiny_training_run_saves_a_trained_adapter(
     assert [e["epoch"] for e in epochs] == [1]
     # 8 cases and one rewrite of each: 16 examples, 4 steps of 4
     assert epochs[0]["steps"] == 4
+    assert epochs[0]["epochs"] == 1
+    steps = [e for e in events if e["event"] == "step"]
+    assert [(e["epoch"], e["step"], e["steps"]) for e in steps] == [(1, i, 4) for i in (1, 2, 3, 4)]
+    # Each step's line comes before its epoch's line: a reader sees progress as it happens.
+    assert events.index(steps[-1]) < events.index(epochs[0])
     assert math.isfinite(epochs[0]["loss"]) and epochs[0]["loss"] > 0
     assert math.isfinite(summary["final_loss"])
     assert (summary["cases"], summary["augmented"], summary["examples"]) == (8, 8, 16)

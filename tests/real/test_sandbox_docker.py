@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from upgate.errors import SandboxError
-from upgate.sandboxes.base import Sandbox
+from upgate.sandboxes.base import Mount, Sandbox
 from upgate.sandboxes.config import DockerSandboxConfig, get_sandbox
 
 pytestmark = pytest.mark.real
@@ -100,8 +100,8 @@ def make_sandbox(sandbox_config: DockerSandboxConfig, no_leftovers: None) -> Ite
     """A factory of started Docker sandboxes, all stopped after the test."""
     made: list[Sandbox] = []
 
-    def make(**overrides: Any) -> Sandbox:
-        sandbox = get_sandbox(sandbox_config.model_copy(update=overrides))
+    def make(mounts: list[Mount] | None = None, **overrides: Any) -> Sandbox:
+        sandbox = get_sandbox(sandbox_config.model_copy(update=overrides), mounts or [])
         sandbox.start()
         made.append(sandbox)
         return sandbox

@@ -58,19 +58,22 @@ def test_setbacks_count_only_the_streak_at_the_end() -> None:
 
 def test_tokens_come_from_usage_entries_and_costs_from_cycle_costs(ledger: Ledger) -> None:
     ledger.append("c1", "usage", "proposal", {"total_tokens": 100})
-    cost(ledger, "c1", sandbox_s=3.5, wall_s=10.0)
+    cost(ledger, "c1", sandbox_s=3.5, wall_s=10.0)  # an entry from before CPU was counted
     since = ledger.append("b1", "batch", "resumed", {}).at
     ledger.append("c2", "usage", "review", {"total_tokens": 40})
     ledger.append("c2", "usage", "review", {"total_tokens": 2})
-    cost(ledger, "c2", sandbox_s=1.0, wall_s=2.0)
+    cost(ledger, "c2", sandbox_s=1.0, wall_s=2.0, sandbox_cpu_s=0.75)
     entries = ledger.entries()
-    assert spend_since(entries, "") == Spend(tokens=142, sandbox_s=4.5, wall_s=12.0)
-    assert spend_since(entries, since) == Spend(tokens=42, sandbox_s=1.0, wall_s=2.0)
+    assert spend_since(entries, "") == Spend(tokens=142, sandbox_s=4.5, wall_s=12.0,
+                                             sandbox_cpu_s=0.75)
+    assert spend_since(entries, since) == Spend(tokens=42, sandbox_s=1.0, wall_s=2.0,
+                                                sandbox_cpu_s=0.75)
 
 
 @pytest.mark.parametrize(("field", "spend", "limit"), [
     ("tokens", Spend(tokens=500), 500),
     ("sandbox_seconds", Spend(sandbox_s=60.0), 60.0),
+    ("sandbox_cpu_seconds", Spend(sandbox_cpu_s=30.0), 30.0),
     ("wall_seconds", Spend(wall_s=3600.0), 3600.0),
 ])
 def test_each_budget_trips_when_used_up(field: str, spend: Spend, limit: float) -> None:
@@ -170,6 +173,11 @@ def test_the_policy_file_carries_the_thresholds_and_refuses_unknown_keys(tmp_pat
     policy = load_policy(example)
     assert policy.autonomy.pause_at_risk == "high"
     assert policy.autonomy.per_batch.sandbox_seconds == 7200
+    assert policy.autonomy.per_batch.sandbox_cpu_seconds == 7200
+    # A policy written before CPU seconds were counted still loads: no CPU budget then.
+    old = tmp_path / "old.toml"
+    old.write_text(example.read_text().replace("sandbox_cpu_seconds", "# sandbox_cpu_seconds"))
+    assert load_policy(old).autonomy.per_day.sandbox_cpu_seconds is None
     bad = tmp_path / "policy.toml"
     bad.write_text(example.read_text() + "\n[autonomy.per_week]\ntokens = 1\n")
     with pytest.raises(PolicyError, match="autonomy"):

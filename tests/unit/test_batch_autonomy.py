@@ -190,6 +190,17 @@ def test_a_sandbox_seconds_budget_counts_sandbox_commands(workdir: Path) -> None
     assert report.pause is not None and report.pause.threshold == "per_day.sandbox_seconds"
 
 
+def test_a_sandbox_cpu_seconds_budget_counts_the_cpu_the_commands_used(workdir: Path) -> None:
+    add_policy(workdir, "[autonomy.per_day]\nsandbox_cpu_seconds = 0.000001")
+    runner, _ = make_runner(workdir, {"proposal": draft("prompt_variant"), "review": REVIEW})
+    report = runner.batch("alice", max_cycles=5)
+    assert report.outcomes == ["rejected"]
+    # The fake sandbox's commands (git, the target's tests) used CPU: their rusage counted.
+    assert report.curve[0]["sandbox_cpu_s"] > 0
+    assert report.pause is not None and report.pause.threshold == "per_day.sandbox_cpu_seconds"
+    assert report.pause.observed == report.curve[0]["sandbox_cpu_s"]
+
+
 def test_accumulated_regression_pauses_and_a_resume_resets_it(workdir: Path) -> None:
     runner, _ = make_runner(workdir, {"proposal": "not json"})
     for i in range(3):  # earlier deployed changes, each within the 0.05 tolerance

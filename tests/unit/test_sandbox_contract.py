@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from upgate.cli_sandbox import sandbox_app
 from upgate.errors import SandboxError, SandboxUnavailableError
-from upgate.sandboxes.base import Sandbox
+from upgate.sandboxes.base import Mount, Sandbox
 from upgate.sandboxes.config import (
     FakeSandboxConfig,
     LocalSandboxConfig,
@@ -205,6 +205,74 @@ class SandboxContract:
         assert result.stdout.endswith("[upgate: output truncated at 1000 bytes]")
         assert len(result.stdout) < 1100
 
+    def test_output_lines_arrive_while_the_command_runs(
+        self, make_sandbox: MakeSandbox, tmp_path: Path
+    ) -> None:
+        # The command prints, then waits for a file that the listener creates only once it
+        # saw that first line. A backend that handed lines over only at the end would leave
+        # the command waiting until its timeout, and this test would fail on `ok`.
+        signal_dir = tmp_path / "signal"
+        signal_dir.mkdir()
+        signal_dir.chmod(0o777)
+        sandbox = make_sandbox(mounts=[Mount(source=signal_dir, target="/signal")])
+        go = str(signal_dir / "go") if isinstance(sandbox, FakeSandbox) else "/signal/go"
+        seen: list[str] = []
+
+        def listen(line: str) -> None:
+            seen.append(line)
+            if line == "first":
+                (signal_dir / "go").write_text("go")
+
+        result = sandbox.exec(
+            'echo first; echo on-stderr >&2; while [ ! -e "$GO" ]; do sleep 0.05; done; '
+            "echo second; printf unterminated",
+            env={"GO": go}, timeout_s=60, on_output=listen,
+        )
+        assert result.ok, result.summary()
+        assert not result.timed_out
+        # What exec returns does not change with a listener.
+        assert result.stdout == "first\nsecond\nunterminated"
+        assert result.stderr == "on-stderr\n"
+        assert seen.index("first") < seen.index("second") < seen.index("unterminated")
+        assert sorted(seen) == ["first", "on-stderr", "second", "unterminated"]
+
+    def test_a_failing_listener_does_not_break_the_command(
+        self, make_sandbox: MakeSandbox
+    ) -> None:
+        calls: list[str] = []
+
+        def broken(line: str) -> None:
+            calls.append(line)
+            raise RuntimeError("listener bug")
+
+        result = make_sandbox().exec("echo one; echo two; exit 4", on_output=broken)
+        assert result.exit_code == 4
+        assert result.stdout == "one\ntwo\n"
+        assert calls == ["one"]  # dropped after it raised
+
+    def test_listeners_get_no_more_than_the_output_cap(self, make_sandbox: MakeSandbox) -> None:
+        sandbox = make_sandbox(max_output_bytes=1000)
+        seen: list[str] = []
+        result = sandbox.exec(
+            ["python3", "-c", "for i in range(5000): print('line', i)"], on_output=seen.append
+        )
+        assert "output" in result.limits_hit
+        assert seen[0] == "line 0"
+        assert 0 < sum(len(line) + 1 for line in seen) <= 1000 + 200
+        assert "line 4999" not in seen
+
+    def test_cpu_seconds_of_a_busy_command_exceed_a_sleeping_one(
+        self, make_sandbox: MakeSandbox
+    ) -> None:
+        sandbox = make_sandbox()
+        busy = sandbox.exec(["python3", "-c", "x = 0\nfor i in range(4_000_000): x += i"])
+        idle = sandbox.exec("sleep 1")
+        assert busy.ok and idle.ok
+        assert busy.cpu_s is not None
+        assert idle.cpu_s is not None
+        assert busy.cpu_s > 0
+        assert idle.cpu_s < busy.cpu_s
+
     def test_start_and_stop_idempotent(self, make_sandbox: MakeSandbox) -> None:
         sandbox = make_sandbox()
         sandbox.start()
@@ -280,8 +348,8 @@ def make_sandbox(sandbox_config: Any) -> Iterator[MakeSandbox]:
     """A factory of started sandboxes, all stopped after the test."""
     made: list[Sandbox] = []
 
-    def make(**overrides: Any) -> Sandbox:
-        sandbox = get_sandbox(sandbox_config.model_copy(update=overrides))
+    def make(mounts: list[Mount] | None = None, **overrides: Any) -> Sandbox:
+        sandbox = get_sandbox(sandbox_config.model_copy(update=overrides), mounts or [])
         sandbox.start()
         made.append(sandbox)
         return sandbox

@@ -2,6 +2,9 @@
 
 The stream follows the ledger, which every node writes as it finishes, so it shows cycles
 run by this process, by the CLI or by a batch elsewhere on the same state folder alike.
+Long steps inside a node (training epochs and steps, eval cases, image builds) arrive as
+`progress` events, read from the progress board in the state database that the process
+running the cycle writes (`upgate.progress`).
 """
 
 from __future__ import annotations
@@ -60,10 +63,12 @@ def _ended(svc: ServiceState, cycle_id: str, entries: list[Any]) -> bool:
 @router.get("/{cycle_id}/events", response_model=None)
 async def events(cycle_id: str, request: Request, session: Reader, svc: Svc,
                  after: int = 0) -> EventSourceResponse:
-    """Server-sent events: one `node` event per ledger entry of the cycle, then `end`."""
+    """Server-sent events: one `node` event per ledger entry of the cycle, `progress` events
+    of its long steps (the latest of each), then `end`."""
+    board = svc.runner.deps.progress_board
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        last = after
+        last, last_progress = after, 0
         while not await request.is_disconnected():
             entries = await run_in_threadpool(svc.runner.deps.ledger.entries, cycle_id)
             for e in entries:
@@ -71,6 +76,11 @@ async def events(cycle_id: str, request: Request, session: Reader, svc: Svc,
                     last = e.seq
                     yield {"event": "node", "id": str(e.seq),
                            "data": json.dumps(entry_view(e))}
+            # No `id`: a reconnecting client resumes by ledger sequence, and progress is
+            # only ever the latest state of a step.
+            for p in await run_in_threadpool(board.since, cycle_id, last_progress):
+                last_progress = p.seq
+                yield {"event": "progress", "data": p.model_dump_json()}
             if _ended(svc, cycle_id, entries):
                 yield {"event": "end", "data": json.dumps({"cycle_id": cycle_id})}
                 return

@@ -6,6 +6,7 @@ from typing import Any
 
 from upgate.graphs.runner import Runner
 from upgate.ledger import Entry
+from upgate.server.costs import cycle_cost
 
 
 def entry_view(e: Entry) -> dict[str, Any]:
@@ -60,4 +61,5 @@ def cycle_view(runner: Runner, cycle_id: str) -> dict[str, Any] | None:
         "pending": runner.pending(cycle_id),
         "lineage": lineage,
         "timeline": [entry_view(e) for e in entries],
+        "cost": cycle_cost(entries),
     }

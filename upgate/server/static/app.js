@@ -207,6 +207,20 @@ function renderPacket(view, packet) {
   return out;
 }
 
+// Time per node from the ledger; tokens and sandbox seconds from the meter's records.
+function renderCost(c) {
+  const secs = (x) => (x === null || x === undefined ? "not metered" : `${x.toFixed(1)} s`);
+  const rows = Object.entries(c.per_node_s || {}).map(([node, s]) =>
+    el("tr", {}, el("td", {}, node), el("td", {}, secs(s))));
+  return msg("time and cost", "agent cost",
+    kv({"wall time": secs(c.wall_s),
+        "model tokens": c.tokens === null ? "not metered" : c.tokens,
+        "sandbox wall time": secs(c.sandbox_s), "sandbox CPU time": secs(c.sandbox_cpu_s)}),
+    el("h4", {}, "Wall time per node"), el("table", {class: "per-node"}, ...rows),
+    c.metered ? null : el("p", {class: "note"},
+      "Tokens and sandbox seconds are metered for cycles a batch runs."));
+}
+
 function renderAnswer(a) {
   return msg(`answer · ${a.model ? a.model.model : "model"} (from the evidence packet only)`, "answer",
     el("p", {class: "answer"}, a.answer),
@@ -253,6 +267,7 @@ async function openCycle(cycleId) {
   }
   if (view.deployment) parts.push(msg("deploy", "agent", kv(view.deployment)));
   if (view.monitor) parts.push(msg("monitor", "agent", kv(view.monitor)));
+  if (view.cost) parts.push(renderCost(view.cost));
   $("messages").replaceChildren(...parts);
   renderChat(view);
   renderTimeline(view);
@@ -271,12 +286,33 @@ async function refreshView() {
 function follow(cycleId, after) {
   if (stream) stream.close();
   $("live").replaceChildren();
+  $("progress").replaceChildren();
   stream = new EventSource(`/api/cycles/${encodeURIComponent(cycleId)}/events?after=${after}`);
   stream.addEventListener("node", (ev) => {
     const e = JSON.parse(ev.data);
     $("live").append(el("li", {}, `${e.at.slice(11, 19)} ${e.node}: ${e.event}`));
   });
-  stream.addEventListener("end", () => { stream.close(); refreshView(); loadLists(); });
+  stream.addEventListener("progress", (ev) => showProgress(JSON.parse(ev.data)));
+  stream.addEventListener("end", () => {
+    stream.close(); $("progress").replaceChildren(); refreshView(); loadLists();
+  });
+}
+
+// One bar per long step of a node (training epochs and steps, eval cases, image builds),
+// updated in place; the detail comes from the sandbox and is shown as text only.
+function showProgress(p) {
+  const key = `${p.node}/${p.kind}`;
+  let row = [...$("progress").children].find((r) => r.dataset.key === key);
+  if (!row) {
+    row = el("div", {class: "bar", "data-key": key}, el("span", {class: "what"}),
+             el("progress", {}), el("span", {class: "count"}));
+    $("progress").append(row);
+  }
+  const [what, bar, count] = row.children;
+  what.textContent = `${p.node}: ${p.kind}`;
+  if (p.total) { bar.max = p.total; bar.value = Math.min(p.done, p.total); }
+  else bar.removeAttribute("value");
+  count.textContent = `${p.done}${p.total ? "/" + p.total : ""} ${p.detail || ""}`;
 }
 
 $("ask-form").addEventListener("submit", async (ev) => {
