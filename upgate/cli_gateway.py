@@ -3,7 +3,8 @@
 `serve` runs the gateway (see `upgate.gateway.app`); it needs only a route table and a
 default upstream, so `--db` and `--upstream` let it run with no upgate.toml. `routes` prints
 an alias's versions and weights. `set` is an operator's tool: it replaces an alias's routes
-at once and records who did it in the ledger.
+at once, among versions the ledger shows approved for the alias only, and records who did
+it in the ledger.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from upgate.cli_batch import _errors  # the same error printing as the other com
 from upgate.config import Settings, load_settings
 from upgate.errors import ConfigError
 from upgate.gateway.routes import Backend, RouteTable
+from upgate.ledger import Ledger
 
 gateway_app = typer.Typer(
     help="The entry point clients call: one OpenAI-compatible address that splits each "
@@ -175,6 +177,30 @@ def set_command(
     console.print(routes_table(alias, parsed))
 
 
+def check_approved_backends(ledger: Ledger, alias: str, backends: list[Backend],
+                            serving_url: str) -> None:
+    """Refuse routes to anything the ledger does not show approved for `alias`.
+
+    Sending an alias's traffic to a version is a served-model swap, so an operator may only
+    route to versions that were deployed for the alias after a recorded approval (or that
+    such a deployment replaced), served under their own name by the configured vLLM server.
+    Anything else goes through a cycle and its human approval.
+    """
+    from upgate.deploy.reconcile import ledger_versions
+
+    approved, _ = ledger_versions(ledger, alias)
+    for b in backends:
+        if b.version not in approved:
+            known = ", ".join(sorted(approved)) or "none yet"
+            raise ConfigError(
+                f"{b.version!r} was never deployed for {alias} after a recorded approval, so "
+                f"no traffic may go to it; nothing changed. Approved versions: {known}")
+        if b.model != b.version or b.base_url != serving_url.rstrip("/"):
+            raise ConfigError(
+                f"{b.version} is served as model {b.version!r} by {serving_url}; a route to "
+                f"{b.model!r} at {b.base_url} could serve something else. Nothing changed")
+
+
 def _set_recorded(settings: Settings, person: str, key_dir: Path | None, alias: str,
                   backends: list[Backend], reason: str, db: Path) -> int:
     """Check the person's key and role, set the routes, record the change in the ledger."""
@@ -191,6 +217,7 @@ def _set_recorded(settings: Settings, person: str, key_dir: Path | None, alias: 
         signer = load_signer(person_key_id(person), key_dir or default_key_dir())
         prove_identity(replay(store, ledger).keyring(), person, signer,
                        role=("operator", "admin"))
+        check_approved_backends(ledger, alias, backends, settings.serving.openai_url)
         generation = table.set_routes(alias, backends,
                                       reason=f"set by {person}: {reason or 'no reason given'}")
         ledger.append("admin", "gateway", "routes_set", {

@@ -17,7 +17,7 @@ from upgate.ledger import open_ledger
 
 from .test_cli import _clean_env, invoke, text  # noqa: F401 (an autouse fixture)
 
-URL = "http://127.0.0.1:8011/v1"
+URL = "http://127.0.0.1:9/v1"  # the test configuration's vLLM server
 
 
 def routes_of(workdir: Path, alias: str) -> list[tuple[str, str, str, int]]:
@@ -41,14 +41,28 @@ def test_parse_backend_reads_version_model_url_and_weight() -> None:
             parse_backend(bad)
 
 
+def approved_versions(workdir: Path, *versions: str) -> None:
+    """Record `versions` of triage as deployed after an approval, as a cycle would."""
+    ledger = open_ledger(workdir / "state")
+    for i, version in enumerate(versions):
+        cycle = f"c-approved-{i}"
+        ledger.append(cycle, "approve", "approve", {"approver": "bob"})
+        ledger.append(cycle, "deploy", "deployed", {"deployment": {
+            "target": "vllm", "deployment_id": f"{cycle}-d", "alias": "triage",
+            "version_name": version, "adapter_sha256": "0" * 64, "previous": None}})
+    ledger.close()
+
+
 def test_set_by_an_operator_changes_routes_and_is_recorded(workdir: Path) -> None:
     cfg = workdir / "upgate.toml"
-    result = invoke(cfg, "option", "gateway", "set", "triage", f"old=triage@{URL}:80",
-                    f"new=triage-abc@{URL}:20", "--reason", "canary by hand")
+    approved_versions(workdir, "triage-old", "triage-abc")
+    result = invoke(cfg, "option", "gateway", "set", "triage",
+                    f"triage-old=triage-old@{URL}:80",
+                    f"triage-abc=triage-abc@{URL}:20", "--reason", "canary by hand")
     assert result.exit_code == 0, result.output
     assert "set by alice" in text(result)
-    assert routes_of(workdir, "triage") == [("old", "triage", URL, 80),
-                                            ("new", "triage-abc", URL, 20)]
+    assert routes_of(workdir, "triage") == [("triage-old", "triage-old", URL, 80),
+                                            ("triage-abc", "triage-abc", URL, 20)]
     [entry] = [e for e in open_ledger(workdir / "state").entries()
                if (e.node, e.event) == ("gateway", "routes_set")]
     assert entry.payload["by"] == "alice" and entry.payload["alias"] == "triage"
@@ -59,8 +73,26 @@ def test_set_by_an_operator_changes_routes_and_is_recorded(workdir: Path) -> Non
     assert "80.0%" in text(shown) and "triage-abc" in text(shown)
     assert "set by alice: canary by hand" in text(shown)
     as_json = json.loads(invoke(cfg, "env", "gateway", "routes", "--json").output)
-    assert [b["version"] for b in as_json["routes"]["triage"]] == ["old", "new"]
+    assert [b["version"] for b in as_json["routes"]["triage"]] == ["triage-old", "triage-abc"]
     assert as_json["last_change"]["triage"]["generation"] == entry.payload["generation"]
+
+
+@pytest.mark.parametrize("backend", [
+    f"triage-evil=triage-evil@{URL}:100",            # never approved
+    f"triage-old=triage-evil@{URL}:100",             # an approved name, another model
+    "triage-old=triage-old@http://127.0.0.1:9999/v1:100",  # an approved name, another server
+])
+def test_set_to_anything_not_approved_for_the_alias_changes_nothing(workdir: Path,
+                                                                    backend: str) -> None:
+    """Routing traffic to a version is a served-model swap: only approved versions, served
+    under their own name by the configured server, may get any."""
+    approved_versions(workdir, "triage-old")
+    result = invoke(workdir / "upgate.toml", "option", "gateway", "set", "triage", backend,
+                    "--reason", "quick swap")
+    assert result.exit_code == 2, result.output
+    assert "Nothing changed" in text(result) or "nothing changed" in text(result)
+    assert routes_of(workdir, "triage") == []
+    assert not [e for e in open_ledger(workdir / "state").entries() if e.node == "gateway"]
 
 
 @pytest.mark.parametrize("who", ["bob", "dave"])  # an approver only; no role at all
@@ -87,7 +119,8 @@ def test_set_with_a_malformed_backend_or_no_weight_says_what_to_write(workdir: P
     cfg = workdir / "upgate.toml"
     bad = invoke(cfg, "env", "gateway", "set", "triage", "v=triage")
     assert bad.exit_code == 2 and "VERSION=MODEL@URL:WEIGHT" in text(bad)
-    idle = invoke(cfg, "env", "gateway", "set", "triage", f"v=triage@{URL}:0")
+    approved_versions(workdir, "triage-old")
+    idle = invoke(cfg, "env", "gateway", "set", "triage", f"triage-old=triage-old@{URL}:0")
     assert idle.exit_code == 2 and "no backend carries weight" in text(idle)
     assert not [e for e in open_ledger(workdir / "state").entries() if e.node == "gateway"]
 
