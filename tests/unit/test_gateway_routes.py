@@ -74,11 +74,12 @@ def test_window_counts_errors_and_only_answered_latencies(tmp_path: Path) -> Non
     table.record("triage", "v2", status=502, latency_ms=5000.0, at=105.0)
     table.record("triage", "v2", status=0, latency_ms=9000.0, at=106.0, error="refused")
     table.record("triage", "v2", status=400, latency_ms=1.0, at=107.0)
+    table.record("triage", "v2", status=404, latency_ms=2.0, at=108.0)  # model not served
     table.record("triage", "v1", status=200, latency_ms=1.0, at=101.0)
     table.record("triage", "v2", status=200, latency_ms=99.0, at=50.0)  # before the window
     stats = table.window("triage", "v2", since=100.0)
-    assert (stats.requests, stats.errors) == (7, 2)
-    assert stats.error_rate == pytest.approx(2 / 7)
+    assert (stats.requests, stats.errors) == (8, 3)
+    assert stats.error_rate == pytest.approx(3 / 8)
     assert stats.p50_ms == 20.0  # nearest rank over the answered: 1 (the 400), 10, 20, 30, 40
     assert stats.p95_ms == 40.0
     empty = table.window("triage", "v3", since=0.0)

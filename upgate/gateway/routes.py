@@ -95,6 +95,11 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
     return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 
+def _is_error(status: int) -> bool:
+    """Whether a sample's status counts against the version that answered (see `window`)."""
+    return status == 0 or status == 404 or status >= 500
+
+
 class RouteTable:
     """The routes and samples of one gateway (see the module docstring)."""
 
@@ -217,12 +222,14 @@ class RouteTable:
                until: float | None = None) -> WindowStats:
         """Error rate and latency p50/p95 of one version in [since, until).
 
-        An error is a request the backend did not answer (status 0) or answered with 5xx;
-        a 4xx is the client's mistake, not the version's.
+        An error is a request the backend did not answer (status 0), answered with 5xx, or
+        answered 404: the gateway sent it to a version the route table names, so "no such
+        model" means the version is not served, not that the client erred. Other 4xx are
+        the client's mistake, not the version's.
         """
         rows = self.samples(alias, since=since, until=until, version=version)
-        errors = sum(1 for r in rows if r["status"] == 0 or r["status"] >= 500)
-        latencies = sorted(r["latency_ms"] for r in rows if 0 < r["status"] < 500)
+        errors = sum(1 for r in rows if _is_error(r["status"]))
+        latencies = sorted(r["latency_ms"] for r in rows if not _is_error(r["status"]))
         return WindowStats(
             version=version, requests=len(rows), errors=errors,
             error_rate=errors / len(rows) if rows else 0.0,
