@@ -15,7 +15,7 @@ from upgate.agents.critic import CriticContext, critique
 from upgate.agents.proposer import propose
 from upgate.agents.recipes.registry import RECIPES
 from upgate.approvals import check_decision
-from upgate.deploy.registry import TARGET_BY_KIND
+from upgate.deploy.registry import target_for
 from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
 from upgate.evidence_store import write_packet
@@ -377,7 +377,7 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         return {"outcome": "failed", "reason": reason}
     deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
     try:
-        deployment = deps.deployer(TARGET_BY_KIND[candidate.kind]).deploy(
+        deployment = deps.deployer(target_for(candidate)).deploy(
             candidate, deployment_id, cycle_id=state["cycle_id"],
             message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
         )

@@ -19,6 +19,7 @@ from upgate.approvals import prove_identity
 from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_batch import batch_app, print_curve, print_held, stop_command
+from upgate.cli_bluegreen import bluegreen_app
 from upgate.cli_critique import critique_command
 from upgate.cli_notify import notify_app
 from upgate.cli_sandbox import sandbox_app
@@ -44,6 +45,7 @@ app.command("critique")(critique_command)
 app.add_typer(notify_app, name="notify")
 app.add_typer(batch_app, name="batch")
 app.command("stop")(stop_command)
+app.add_typer(bluegreen_app, name="bluegreen")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
 console = Console(soft_wrap=True)

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Literal
 
 from upgate.deploy.base import Deployer
+from upgate.deploy.bluegreen import BlueGreenDeployer, BlueGreenParts
 from upgate.deploy.git import GitDeployer
 from upgate.deploy.lora_alias import LoraAliasDeployer
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
 from upgate.policy import ChangeKind
+from upgate.records import Candidate
 from upgate.store import Store
 
-DeployTarget = Literal["git", "vllm"]
+DeployTarget = Literal["git", "vllm", "bluegreen"]
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,13 @@ class DeployParts:
     store: Store
     admin: VllmAdmin | None
     alias: str | None
+    bluegreen: BlueGreenParts | None = None
 
 
 DEPLOYERS: dict[str, Callable[[DeployParts], Deployer]] = {
     "git": lambda p: GitDeployer(p.repo, base=p.base_branch),
     "vllm": lambda p: LoraAliasDeployer(p.admin, p.store, p.alias),
+    "bluegreen": lambda p: BlueGreenDeployer(p.bluegreen, p.alias),
 }
 """Deployer factories by target tag."""
 
@@ -40,6 +44,14 @@ TARGET_BY_KIND: dict[ChangeKind, DeployTarget] = {
     "code": "git", "prompt": "git", "config": "git", "model": "vllm",
 }
 """Where each kind of change goes live."""
+
+
+def target_for(candidate: Candidate) -> DeployTarget:
+    """Where a candidate goes live: by its kind, except that a model candidate carrying a
+    whole model folder (new weights or serving configuration) goes blue/green."""
+    if candidate.kind == "model" and any(a.kind == "model" for a in candidate.artifacts):
+        return "bluegreen"
+    return TARGET_BY_KIND[candidate.kind]
 
 
 def deployer_for(target: str, parts: DeployParts) -> Deployer:
