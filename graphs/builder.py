@@ -4,6 +4,8 @@
     critique -> gate --(reject)--> record
     gate -> approve (interrupt) --(reject)--> record
     approve -> deploy -> monitor --(regression)--> rollback -> record
+    deploy (staged, [rollout] enabled) -> rollout --(promoted)--> monitor
+    rollout --(aborted: traffic restored to the stable version)--> record
     monitor -> record
 """
 
@@ -19,7 +21,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from upgate.graphs import nodes
+from upgate.graphs import nodes, rollout_node
 from upgate.graphs.deps import Deps
 from upgate.graphs.state import CycleState
 
@@ -47,6 +49,7 @@ def build_graph() -> StateGraph[CycleState, Deps, CycleState, CycleState]:
     g.add_node("gate", nodes.gate)
     g.add_node("approve", nodes.approve)
     g.add_node("deploy", nodes.deploy)
+    g.add_node("rollout", rollout_node.rollout)
     g.add_node("monitor", nodes.monitor)
     g.add_node("rollback", nodes.rollback)
     g.add_node("record", nodes.record)
@@ -64,7 +67,8 @@ def build_graph() -> StateGraph[CycleState, Deps, CycleState, CycleState]:
     g.add_edge("revise", "implement")
     g.add_conditional_edges("gate", nodes.after_gate, ["approve", "deploy", "record"])
     g.add_conditional_edges("approve", nodes.after_approve, ["approve", "deploy", "record"])
-    g.add_conditional_edges("deploy", _stop_if_ended("monitor"), ["monitor", "record"])
+    g.add_conditional_edges("deploy", rollout_node.after_deploy, ["rollout", "monitor", "record"])
+    g.add_conditional_edges("rollout", rollout_node.after_rollout, ["monitor", "record"])
     g.add_conditional_edges("monitor", nodes.after_monitor, ["rollback", "record"])
     g.add_edge("rollback", "record")
     g.add_edge("record", END)

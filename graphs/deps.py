@@ -6,6 +6,7 @@ context, so tests compile the same graph with scripted models and fake sandboxes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +22,10 @@ from upgate.deploy.registry import DeployParts, deployer_for
 from upgate.deploy.vllm import VllmAdmin
 from upgate.evals.harness import ChatChoiceHarness
 from upgate.evals.suite import Suite
+from upgate.gateway.routes import RouteTable
 from upgate.ledger import Ledger
 from upgate.policy import Policy
+from upgate.rollout.probe import PinnedClientFactory, openai_pinned_client
 from upgate.sandboxes.base import Mount, Sandbox
 from upgate.store import Store
 from upgate.target_tree import TargetTrees
@@ -53,6 +56,10 @@ class Deps:
     admin: VllmAdmin | None
     now: Callable[[], datetime] = field(default=_utcnow)
     monitor_cases: int = 16
+    pinned_client: PinnedClientFactory = openai_pinned_client
+    """How a rollout sends suite cases through the gateway pinned to one version."""
+    rollout_sleep: Callable[[float], None] = time.sleep
+    """How a rollout step waits out its bake time."""
 
     @property
     def state_dir(self) -> Path:
@@ -63,6 +70,11 @@ class Deps:
     def trees(self) -> TargetTrees:
         """The target's exported trees, cached by commit (read-only; sandboxes copy them)."""
         return TargetTrees(self.settings.target.path, self.state_dir / "trees")
+
+    @cached_property
+    def routes(self) -> RouteTable:
+        """The gateway's route table and request log."""
+        return RouteTable(self.settings.gateway_db)
 
     def base_tree(self) -> Path:
         """The target's tree at its base branch now."""

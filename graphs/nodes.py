@@ -22,6 +22,7 @@ from upgate.evidence_store import write_packet
 from upgate.graphs.deps import Deps
 from upgate.graphs.hitl import hitl_request
 from upgate.graphs.lineage import lineage, model_ref, versions
+from upgate.graphs.rollout import restore_routes, rollout_applies, stage
 from upgate.graphs.state import CycleState
 from upgate.hashing import sha256_text
 from upgate.notify.events import outbox_for
@@ -30,9 +31,9 @@ from upgate.target_tree import read_prompting, resolve_commit
 
 
 def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str, Any],
-            *, attempt: int = 0) -> None:
+            *, attempt: int = 0, key: str | None = None) -> None:
     payload = {"lineage": lineage(deps, state), **data}
-    key = f"{state['cycle_id']}/{node}/{event}/{attempt}"
+    key = key or f"{state['cycle_id']}/{node}/{event}/{attempt}"
     outbox = outbox_for(deps.settings.notify, deps.state_dir, node, event, data, state,
                         ttl_hours=deps.policy.thresholds.approval_ttl_hours)
     deps.ledger.append(state["cycle_id"], node, event, payload, key=key, outbox=outbox)
@@ -376,15 +377,22 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         _record(deps, state, "deploy", "refused", {"reason": reason})
         return {"outcome": "failed", "reason": reason}
     deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
+    staged = rollout_applies(deps.policy, target_for(candidate))
     try:
-        deployment = deps.deployer(target_for(candidate)).deploy(
-            candidate, deployment_id, cycle_id=state["cycle_id"],
-            message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
-        )
+        if staged:  # loaded beside the stable version; the rollout node moves traffic
+            deployment = stage(deps, candidate, deployment_id)
+        else:
+            deployment = deps.deployer(target_for(candidate)).deploy(
+                candidate, deployment_id, cycle_id=state["cycle_id"],
+                message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
+            )
     except UpgateError as exc:
         _record(deps, state, "deploy", "failed", {"reason": str(exc)})
         return {"outcome": "failed", "reason": f"deploy: {exc}"}
     result = deployment.model_dump(mode="json")
+    if staged:
+        _record(deps, state, "deploy", "staged", {"deployment": result})
+        return {"deployment": result, "rollout": {"staged": True}, "outcome": "deployed"}
     _record(deps, state, "deploy", "deployed", {"deployment": result})
     return {"deployment": result, "outcome": "deployed"}
 
@@ -439,6 +447,7 @@ def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     deployment = Deployment.model_validate(state["deployment"])
     try:
+        restore_routes(deps, dict(state), deployment)
         result = deps.deployer(deployment.target).rollback(deployment)
     except UpgateError as exc:
         _record(deps, state, "rollback", "failed", {"reason": str(exc)})

@@ -28,6 +28,7 @@ class CycleState(TypedDict, total=False):
     approval: dict[str, Any] | None
     approval_error: str
     deployment: dict[str, Any] | None
+    rollout: dict[str, Any] | None
     monitor: dict[str, Any] | None
     outcome: Outcome
     reason: str

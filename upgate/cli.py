@@ -21,6 +21,7 @@ from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_batch import batch_app, print_curve, print_held, stop_command
 from upgate.cli_bluegreen import bluegreen_app
 from upgate.cli_critique import critique_command
+from upgate.cli_gateway import gateway_app
 from upgate.cli_notify import notify_app
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
@@ -45,6 +46,7 @@ app.command("critique")(critique_command)
 app.add_typer(notify_app, name="notify")
 app.add_typer(batch_app, name="batch")
 app.command("stop")(stop_command)
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(bluegreen_app, name="bluegreen")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.

@@ -15,10 +15,18 @@ from upgate.deploy.base import Deployer, Health, RollbackResult
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
 from upgate.hashing import sha256_tree
-from upgate.records import Candidate, Deployment
+from upgate.records import Artifact, Candidate, Deployment
 from upgate.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def _adapter(candidate: Candidate) -> Artifact:
+    """The candidate's adapter; DeployError when it carries none."""
+    adapter = next((a for a in candidate.artifacts if a.kind == "adapter"), None)
+    if adapter is None:
+        raise DeployError("the model candidate carries no adapter artifact to serve")
+    return adapter
 
 
 class LoraAliasDeployer(Deployer):
@@ -52,10 +60,19 @@ class LoraAliasDeployer(Deployer):
     def deploy(self, candidate: Candidate, deployment_id: str, *, cycle_id: str,
                message: str) -> Deployment:
         """Load the candidate's adapter and point the alias at it (idempotent)."""
+        deployment = self.stage(candidate, deployment_id)
+        self.promote(candidate, deployment_id, cycle_id=cycle_id)
+        return deployment
+
+    def stage(self, candidate: Candidate, deployment_id: str) -> Deployment:
+        """Load the candidate's adapter under its version name, and keep the version the
+        alias serves now loaded under its own, without moving the alias (idempotent).
+
+        A staged rollout sends traffic to the two version names through the gateway, and
+        promotes (points the alias) only after its last step.
+        """
         admin, alias = self._parts()
-        adapter = next((a for a in candidate.artifacts if a.kind == "adapter"), None)
-        if adapter is None:
-            raise DeployError("the model candidate carries no adapter artifact to serve")
+        adapter = _adapter(candidate)
         previous = self._previous(deployment_id)
         served = admin.models().get(alias)
         path = Path(adapter.path)
@@ -68,13 +85,20 @@ class LoraAliasDeployer(Deployer):
                                      "initial", "initial")
             admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
             previous = self._previous(deployment_id)
+        return Deployment(target="vllm", deployment_id=deployment_id, alias=alias,
+                          version_name=adapter.name, adapter_sha256=adapter.sha256,
+                          previous=previous)
+
+    def promote(self, candidate: Candidate, deployment_id: str, *, cycle_id: str) -> None:
+        """Point the alias at the candidate's (staged) adapter and mark that version the
+        active one (idempotent)."""
+        admin, alias = self._parts()
+        adapter = _adapter(candidate)
+        path = Path(adapter.path)
         admin.point_alias(alias, path, expected_sha256=adapter.sha256)
         self.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
                                  cycle_id)
         log.info("%s: %s now serves %s", deployment_id, alias, adapter.name)
-        return Deployment(target="vllm", deployment_id=deployment_id, alias=alias,
-                          version_name=adapter.name, adapter_sha256=adapter.sha256,
-                          previous=previous)
 
     def _path_of(self, deployment_id: str) -> str | None:
         assert self.alias

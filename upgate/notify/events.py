@@ -26,6 +26,8 @@ EVENTS: dict[tuple[str, str], str] = {
     ("batch", "stopped"): "batch_paused",  # a stop is a pause only a person lifts
     ("deploy", "deployed"): "deployed",
     ("rollout", "step"): "rollout_step",
+    ("rollout", "aborted"): "rolled_back",
+    ("rollout", "promoted"): "deployed",
     ("rollback", "rolled_back"): "rolled_back",
     ("ledger", "verify_failed"): "verify_failed",
     ("record", "failed"): "cycle_failed",
@@ -39,9 +41,10 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "approval_expired": ("requested_at", "expired_at", "evidence_hash", "reason"),
     "batch_paused": ("reason", "threshold", "action", "observed", "limit", "detail",
                      "next_step", "batch_id", "cycle_id", "target", "cycles", "outcomes"),
-    "deployed": ("deployment",),
+    "deployed": ("deployment", "alias", "version_name", "duration_s"),
     "rollout_step": ("step", "percent", "alias", "version_name", "healthy"),
-    "rolled_back": ("restored", "branch_deleted", "reason"),
+    "rolled_back": ("restored", "branch_deleted", "reason", "alias", "version_name",
+                    "breaches", "restored_version", "trigger"),
     "verify_failed": ("problems", "entries"),
     "cycle_failed": ("reason", "recipe", "kind"),
 }

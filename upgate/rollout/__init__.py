@@ -1,0 +1,1 @@
+"""Staged rollout (canary) of a served version through the gateway, with automatic abort."""
