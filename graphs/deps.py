@@ -92,4 +92,14 @@ class Deps:
             repo=self.settings.target.path, base_branch=self.settings.target.base_branch,
             store=self.store, admin=self.admin, alias=self.manifest.model_alias,
             bluegreen=self.bluegreen if target == "bluegreen" else None,
+            landing=self.policy.landing.mode, baseline_of=self.baseline_commit,
         ))
+
+    def baseline_commit(self, cycle_id: str) -> str | None:
+        """The target commit a cycle observed (and its candidate was judged on), from the
+        ledger; None for a cycle that recorded none."""
+        for e in self.ledger.entries(cycle_id):
+            if e.node == "observe" and e.event == "evidence":
+                commit = ((e.payload.get("evidence") or {}).get("baseline") or {}).get("commit")
+                return str(commit) if commit else None
+        return None

@@ -3,6 +3,7 @@ idempotency key, so a node that runs again after a crash records (and deploys) o
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -446,13 +447,22 @@ def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     """Restore the version before (idempotent); say so when there is none to restore."""
     deps = runtime.context
     deployment = Deployment.model_validate(state["deployment"])
+    started, t0 = deps.now(), time.monotonic()
     try:
         restore_routes(deps, dict(state), deployment)
         result = deps.deployer(deployment.target).rollback(deployment)
     except UpgateError as exc:
         _record(deps, state, "rollback", "failed", {"reason": str(exc)})
         return {"outcome": "failed", "reason": f"rollback failed: {exc}"}
-    detail = {"status": result.status, **result.detail}
+    previous = deployment.previous or {}
+    detail = {"status": result.status, **result.detail, "trigger": "monitor",
+              "reason": "post-deploy regression",
+              "from_version": deployment.version_name or deployment.commit,
+              "to_version": previous.get("version_name") or previous.get("head"),
+              "started_at": started.isoformat(),
+              "duration_s": round(time.monotonic() - t0, 3)}
+    if deployment.alias:
+        detail["alias"] = deployment.alias
     if not result.restored:
         _record(deps, state, "rollback", "not_restored", detail)
         return {"outcome": "failed",

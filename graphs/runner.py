@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, Any]], None]
 
 
-CYCLE_ID = re.compile(r"c[a-z0-9-]{1,63}")
-"""Cycle ids: what `new_cycle_id` makes, and nothing a path or a query could abuse."""
+CYCLE_ID = re.compile(r"(?:c|rollback-)[a-z0-9-]{1,63}")
+"""Cycle ids: what `new_cycle_id` makes (and `rollback-<alias>-<utc>` for a manual rollback
+not tied to a cycle), and nothing a path or a query could abuse."""
 
 
 def validate_cycle_id(cycle_id: str) -> str:

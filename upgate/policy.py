@@ -147,6 +147,27 @@ class Rollout(BaseModel):
         return steps
 
 
+LandingMode = Literal["branch", "fast-forward", "merge"]
+
+
+class Landing(BaseModel):
+    """How an approved code, prompt or config change lands on the target's deploy branch
+    (the branch cycles take their baseline from, `[target] base_branch`).
+
+    "branch": the change stays on its own branch `upgate/<cycle>` and the next cycle does
+    not build on it. "fast-forward": the deploy branch moves to the change's commit, only
+    when it has not moved since the commit the change was judged on. "merge": a merge
+    commit on the deploy branch. Never a force-push, never rewritten history; a rollback
+    of a landed change is a revert commit. In the policy (adopted by an admin, versioned
+    with every decision), not the target's manifest: a candidate can change the target's
+    files, and must not choose how its own change reaches the branch that judges the next.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: LandingMode = "branch"
+
+
 RoleName = Literal["admin", "approver", "operator", "viewer"]
 
 
@@ -167,6 +188,7 @@ class Policy(BaseModel):
     thresholds: Thresholds = Thresholds()
     autonomy: Autonomy = Autonomy()
     rollout: Rollout = Rollout()
+    landing: Landing = Landing()
     content_hash: str = ""
 
     @property

@@ -1,22 +1,28 @@
-"""Deploy a code, prompt or config change as a commit on a new branch of the target repo.
+"""Deploy a code, prompt or config change as a commit on a new branch of the target repo,
+and land it on the deploy branch when the policy says so (`[landing] mode`).
 
-Never main, never a force-push: the branch is created from the base branch in a temporary
-worktree, the candidate's diff applied and committed with the deployment id as a trailer.
-Running it again with the same deployment id finds the branch and does nothing.
+Never a force-push: the branch `upgate/<cycle>` is created from the commit the cycle was
+judged on (else the base branch) in a temporary worktree, the candidate's diff applied and
+committed with the deployment id as a trailer. Running it again with the same deployment id
+finds the branch and does nothing. With "fast-forward" or "merge" the commit then lands on
+the base branch (see `upgate.deploy.landing`), and a rollback is a revert commit there.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
 from upgate.deploy.base import Deployer, Health, RollbackResult
+from upgate.deploy.landing import land, landed_and_live, revert
+from upgate.deploy.landing import run_git as _git
 from upgate.errors import DeployError
+from upgate.policy import LandingMode
 from upgate.records import Candidate, Deployment
 
 log = logging.getLogger(__name__)
@@ -31,18 +37,6 @@ class GitDeployment(BaseModel):
     branch: str
     commit: str
     created: bool
-
-
-def _git(repo: Path, *args: str, check: bool = True, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, input=stdin,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise DeployError(
-            f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc.stdout.strip()
 
 
 def branch_name(cycle_id: str) -> str:
@@ -99,24 +93,45 @@ def delete_branch(repo: Path, branch: str) -> bool:
 
 
 class GitDeployer(Deployer):
-    """A code, prompt or config change goes live as a new branch of the target repo."""
+    """A code, prompt or config change goes live as a new branch of the target repo, and
+    lands on the base branch by fast-forward or merge when `landing` says so."""
 
     target: Literal["git", "vllm"] = "git"
 
-    def __init__(self, repo: Path, *, base: str) -> None:
+    def __init__(self, repo: Path, *, base: str, landing: LandingMode = "branch",
+                 baseline_of: Callable[[str], str | None] | None = None) -> None:
         self.repo = repo
         self.base = base
+        self.landing = landing
+        self.baseline_of = baseline_of
+        """The commit a cycle's candidate was judged on (from the ledger), if known."""
 
     def deploy(self, candidate: Candidate, deployment_id: str, *, cycle_id: str,
                message: str) -> Deployment:
-        """Commit the candidate's diff on the cycle's branch (see `deploy_branch`)."""
-        landed = deploy_branch(self.repo, base=self.base, branch=branch_name(cycle_id),
+        """Commit the candidate's diff on the cycle's branch (see `deploy_branch`), built on
+        the commit it was judged on; then land it on the base branch per `landing`."""
+        start = (self.baseline_of(cycle_id) if self.baseline_of else None) or self.base
+        change = deploy_branch(self.repo, base=start, branch=branch_name(cycle_id),
                                diff=candidate.diff, message=message,
                                deployment_id=deployment_id)
-        return Deployment(target="git", **landed.model_dump())
+        if self.landing == "branch":
+            return Deployment(target="git", **change.model_dump())
+        landed = land(self.repo, branch=self.base, commit=change.commit, mode=self.landing,
+                      deployment_id=deployment_id, message=message)
+        log.info("%s landed on %s as %s (%s)", deployment_id, self.base, landed.commit[:12],
+                 self.landing)
+        return Deployment(target="git", **change.model_dump(), previous={
+            "landing": self.landing, "deploy_branch": self.base, "head": landed.before,
+            "landed_commit": landed.commit})
 
     def verify(self, deployment: Deployment) -> Health:
-        """The branch exists and still points at the deployed commit."""
+        """The change is in place: its branch points at the deployed commit, or (landed)
+        the base branch holds it and no revert of it."""
+        previous = deployment.previous or {}
+        if previous.get("landing") in ("fast-forward", "merge"):
+            branch, landed = str(previous["deploy_branch"]), str(previous["landed_commit"])
+            live = landed_and_live(self.repo, branch, landed, deployment.deployment_id)
+            return Health(healthy=live, detail={"deploy_branch": branch, "landed": landed})
         branch = deployment.branch or ""
         head = _git(self.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
                     check=False)
@@ -125,7 +140,20 @@ class GitDeployer(Deployer):
                               "commit": deployment.commit})
 
     def rollback(self, deployment: Deployment) -> RollbackResult:
-        """Delete the branch: the base branch never held the change."""
+        """A landed change: a revert commit on the base branch. A branch: delete it (the
+        base branch never held the change)."""
+        previous = deployment.previous or {}
+        if previous.get("landing") in ("fast-forward", "merge"):
+            branch, landed = str(previous["deploy_branch"]), str(previous["landed_commit"])
+            done = revert(self.repo, branch=branch, commit=landed,
+                          deployment_id=deployment.deployment_id)
+            if done is None:
+                return RollbackResult(status="nothing_to_restore", detail={
+                    "deploy_branch": branch, "why": f"{landed[:12]} is not on {branch}"})
+            return RollbackResult(
+                status="restored" if done.created else "already_restored",
+                detail={"deploy_branch": branch, "reverted": landed,
+                        "revert_commit": done.commit})
         branch = deployment.branch or ""
         if delete_branch(self.repo, branch):
             return RollbackResult(status="restored", detail={"branch_deleted": branch})

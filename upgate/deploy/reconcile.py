@@ -43,6 +43,9 @@ def ledger_versions(ledger: Ledger, alias: str) -> tuple[dict[str, str], str | N
             if previous.get("version_name") and previous.get("sha256"):
                 versions.setdefault(str(previous["version_name"]), str(previous["sha256"]))
             active = str(d["version_name"])
+        elif (e.node == "rollback" and e.event == "rolled_back"
+              and e.payload.get("alias") == alias and e.payload.get("to_version")):
+            active = str(e.payload["to_version"])  # `upgate rollback` names what it restored
         elif e.node == "rollback" and e.event == "rolled_back" and e.payload.get("restored"):
             previous = (deployments.get(e.cycle_id) or {}).get("previous") or {}
             if previous.get("version_name"):

@@ -14,7 +14,7 @@ from upgate.deploy.git import GitDeployer
 from upgate.deploy.lora_alias import LoraAliasDeployer
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
-from upgate.policy import ChangeKind
+from upgate.policy import ChangeKind, LandingMode
 from upgate.records import Candidate
 from upgate.store import Store
 
@@ -31,10 +31,15 @@ class DeployParts:
     admin: VllmAdmin | None
     alias: str | None
     bluegreen: BlueGreenParts | None = None
+    landing: LandingMode = "branch"
+    """How a git change lands on `base_branch` (the policy's `[landing] mode`)."""
+    baseline_of: Callable[[str], str | None] | None = None
+    """The commit a cycle's candidate was judged on, by cycle id (from the ledger)."""
 
 
 DEPLOYERS: dict[str, Callable[[DeployParts], Deployer]] = {
-    "git": lambda p: GitDeployer(p.repo, base=p.base_branch),
+    "git": lambda p: GitDeployer(p.repo, base=p.base_branch, landing=p.landing,
+                                 baseline_of=p.baseline_of),
     "vllm": lambda p: LoraAliasDeployer(p.admin, p.store, p.alias),
     "bluegreen": lambda p: BlueGreenDeployer(p.bluegreen, p.alias),
 }

@@ -8,6 +8,7 @@ their real code against it. Like `upgate.agents.testing`, it never talks to a se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from upgate.deploy.vllm import ServedModel, VllmAdmin, check_adapter
 from upgate.errors import DeployError
@@ -20,6 +21,8 @@ class FakeVllmAdmin(VllmAdmin):
         self.base_url = "fake://vllm"
         self.served: dict[str, str] = dict(served or {})
         self.calls: list[tuple[str, str, str]] = []
+        self.mute: set[str] = set()
+        """Served names whose chat completions fail (a smoke check sees an error)."""
 
     def close(self) -> None:
         """Nothing to close."""
@@ -46,3 +49,12 @@ class FakeVllmAdmin(VllmAdmin):
         """Stop serving `name` (unknown names are fine)."""
         self.calls.append(("unload", name, ""))
         self.served.pop(name, None)
+
+    def smoke(self, model: str) -> dict[str, Any]:
+        """A served, unmuted name answers; anything else is an error, as on vLLM."""
+        self.calls.append(("smoke", model, ""))
+        if model not in self.served:
+            return {"ok": False, "model": model, "status": 404, "error": "model not found"}
+        if model in self.mute:
+            return {"ok": False, "model": model, "status": 500, "error": "muted by the test"}
+        return {"ok": True, "model": model, "status": 200, "answer": "ready"}

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
 from upgate.artifacts import tree_problem
 from upgate.errors import DeployError
+from upgate.guard import check_model_requests
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,26 @@ class VllmAdmin:
         """Load `path` (checked against `expected_sha256`) unless `name` is already served."""
         if name not in self.models():
             self.load_adapter(name, path, expected_sha256=expected_sha256)
+
+    def smoke(self, model: str) -> dict[str, Any]:
+        """One short chat completion to `model`: whether it answered, and what."""
+        check_model_requests(self.base_url, "use upgate.deploy.testing.FakeVllmAdmin")
+        try:
+            resp = self._http.post("/v1/chat/completions", json={
+                "model": model, "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "user", "content": "Reply with one word: ready?"}]})
+        except httpx.HTTPError as exc:
+            return {"ok": False, "model": model, "error": str(exc)[:300]}
+        if resp.status_code != 200:
+            return {"ok": False, "model": model, "status": resp.status_code,
+                    "error": resp.text[:300]}
+        try:
+            answer = resp.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            return {"ok": False, "model": model, "status": 200,
+                    "error": f"no answer in the reply ({exc!r})"}
+        return {"ok": isinstance(answer, str), "model": model, "status": 200,
+                "answer": str(answer)[:80]}
 
     def point_alias(self, alias: str, path: Path, *, expected_sha256: str) -> None:
         """Make `alias` serve the adapter at `path` (in place when it already exists)."""
