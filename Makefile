@@ -12,7 +12,7 @@
 #   make test-real  tests against the real parts (Docker, vLLM), without the soaks
 #   make test       set-up + lint + test-unit + test-real, timed (what CI runs; < 30 min)
 #   make test-full  make test, then the soaks (tests marked `full`)
-#   make bench      the benchmarks (sandbox, critic, a governed cycle's stage times)
+#   make bench      the benchmarks (sandbox, critic, a governed cycle's stage times, rollout)
 #   make demo       one real upgrade cycle
 #   make image      upgate's own runtime image (Dockerfile), built without a package index
 #   make stop       stop the vLLM server
@@ -139,6 +139,8 @@ bench: venv docker images vllm
 	@cd $(ROOT) && $(PY) benchmarks/bench_critic.py
 	$(call say,"benchmark: a governed cycle's stage times")
 	@cd $(ROOT) && $(PY) benchmarks/bench_cycle.py
+	$(call say,"benchmark: rollout under load (canary, rollback, abort, blue/green)")
+	@cd $(ROOT) && $(PY) benchmarks/bench_rollout.py
 
 demo: venv docker images vllm
 	$(call say,"demo")

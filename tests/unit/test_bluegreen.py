@@ -331,3 +331,43 @@ def test_cli_lists_servers_and_reaps_an_expired_blue(tmp_path: Path) -> None:
         assert "no blue is due to stop" in again.output
     finally:
         rig.close()
+
+
+def test_the_cycles_deploy_node_switches_only_behind_an_approval_of_this_candidate(
+        workdir: Path) -> None:
+    from types import SimpleNamespace
+
+    from upgate.graphs import nodes
+    from upgate.records import ModelRef, Proposal
+
+    from .test_cycle import REVIEW, draft, make_runner
+
+    runner, _ = make_runner(workdir, {"proposal": draft(), "review": REVIEW})
+    rig = Rig(workdir / "bg", window_s=600)
+    try:
+        runner.deps.__dict__["bluegreen"] = rig.parts  # the cached parts, on the rig's tables
+        runtime = SimpleNamespace(context=runner.deps)
+        candidate = rig.candidate("triage-green")
+        proposal = Proposal(id="p1", kind="model", target="triage", recipe="new_weights",
+                            rationale="r", expected_effect="e", risk="low", made_by=ModelRef(
+                                agent="proposer", endpoint="e", model="m", prompt="p",
+                                prompt_hash="h"))
+        state: dict[str, object] = {
+            "cycle_id": CYCLE, "requester": "carol", "proposal": proposal.model_dump(mode="json"),
+            "candidate": {**candidate.model_dump(mode="json"),
+                          "content_hash": candidate.content_hash}}
+        other = rig.candidate("triage-other")
+        for approval in ({}, {"action": "approve", "approver": "bob",
+                              "candidate_hash": other.content_hash}):
+            out = nodes.deploy({**state, "approval": approval}, runtime)  # type: ignore[arg-type]
+            assert out["outcome"] == "failed" and "no approval" in out["reason"]
+            assert rig.weights() == {"triage@blue": 100}
+            assert rig.servers.get(ALIAS, "triage-green") is None
+        approved = {"action": "approve", "approver": "bob",
+                    "candidate_hash": candidate.content_hash}
+        out = nodes.deploy({**state, "approval": approved}, runtime)  # type: ignore[arg-type]
+        assert out["outcome"] == "deployed", out
+        assert out["deployment"]["target"] == "bluegreen"
+        assert rig.weights() == {"triage-green": 100, "triage@blue": 0}
+    finally:
+        rig.close()
