@@ -42,6 +42,7 @@ import httpx
 
 from upgate.artifacts import freeze_tree
 from upgate.deploy.vllm_servers import Launcher, LauncherConfig, ServerHandle, stop_server
+from upgate.errors import UpgateError
 from upgate.gateway.routes import Backend, RouteTable
 from upgate.hashing import sha256_tree
 from upgate.ledger import Ledger
@@ -70,14 +71,21 @@ def window(clients: SteadyClients, start: float, end: float) -> Row:
             "errors": sorted({s.error or str(s.status) for s in taken if not s.ok})[:3]}
 
 
-def measured(clients: SteadyClients, action: Callable[[], Row], settle_s: float) -> Row:
-    """Run `action` under the clients; its own figures plus the window's."""
+def measured(scenario: str, clients: SteadyClients, action: Callable[[], Row],
+             settle_s: float) -> Row:
+    """Run `action` under the clients; its own figures plus the window's. An action that
+    raises is reported as not measured, with why."""
     clients.wait_for(4)
+    print(f"... {scenario}", file=sys.stderr, flush=True)
     start = time.time()
-    row = action()
+    try:
+        row = action()
+    except (UpgateError, httpx.HTTPError) as exc:
+        return not_measured(scenario, f"it failed: {exc}")
     end = time.time()
     time.sleep(settle_s)
-    return {**row, "action_s": round(end - start, 3), **window(clients, start, end + settle_s)}
+    return {"scenario": scenario, **row, "action_s": round(end - start, 3),
+            **window(clients, start, end + settle_s)}
 
 
 def copy_frozen(src: Path, dest: Path, note: str | None = None) -> tuple[Path, str]:
@@ -141,7 +149,7 @@ class Rollouts:
         assert deployment.previous is not None
         url = f"{self.root}/v1"
         name, stable = str(deployment.version_name), str(deployment.previous["version_name"])
-        limits = Rollout(enabled=True, steps=(50, 100), bake_s=4.0, min_requests=4,
+        limits = Rollout(enabled=True, steps=(50, 100), bake_s=10.0, min_requests=4,
                          suite_cases=0, max_p50_ratio=4.0, max_p95_ratio=6.0)
         plan = RolloutPlan(
             cycle_id=CYCLE, deployment_id=deployment.deployment_id, alias=ALIAS,
@@ -223,8 +231,11 @@ def bluegreen(tmp: Path, launcher: Launcher, blue: ServerHandle, routes: RouteTa
         return {"status": result.status, "rollback_s": result.detail["duration_s"]}
 
     try:
-        rows = [{"scenario": "blue/green switch", **measured(clients, switch, settle_s)},
-                {"scenario": "blue/green rollback", **measured(clients, back, settle_s)}]
+        rows = [measured("blue/green switch", clients, switch, settle_s)]
+        if "deployment" in out:
+            rows.append(measured("blue/green rollback", clients, back, settle_s))
+        else:
+            rows.append(not_measured("blue/green rollback", "the switch failed"))
     finally:
         for row in servers.all():
             if row.managed and row.pid and row.port:
@@ -278,8 +289,9 @@ def run(args: argparse.Namespace) -> list[Row]:
         v0, _ = copy_frozen(ADAPTER, tmp / "swap-v0")
         v1, _ = copy_frozen(ADAPTER, tmp / "swap-v1", "swap")
         with SteadyClients(blue.base_url, ALIAS, threads=args.threads) as direct:
-            rows.append({"scenario": "baseline: in-place adapter swap (direct)", **measured(
-                direct, lambda: in_place_swaps(blue.root, [v0, v1], args.swaps), args.settle)})
+            rows.append(measured(
+                "baseline: in-place adapter swap (direct)", direct,
+                lambda: in_place_swaps(blue.root, [v0, v1], args.swaps), args.settle))
         with SteadyClients(f"{gateway}/v1", ALIAS, threads=args.threads) as clients:
             try:
                 bench = Rollouts(tmp, blue.root, gateway)
@@ -288,17 +300,19 @@ def run(args: argparse.Namespace) -> list[Row]:
                          ("canary promotion", "manual rollback", "abort with rollback")]
             else:
                 first = bench.candidate(1)
-                promoted: Row = measured(clients, lambda: bench.rollout(first, 1), args.settle)
-                rows.append({"scenario": "canary promotion", **promoted})
-                try:
-                    rows.append({"scenario": "manual rollback", **measured(
-                        clients, lambda: bench.manual_rollback(str(promoted["stable"])),
-                        args.settle)})
-                except ImportError as exc:
-                    rows.append(not_measured("manual rollback", str(exc)))
+                promoted = measured("canary promotion", clients,
+                                    lambda: bench.rollout(first, 1), args.settle)
+                rows.append(promoted)
+                if promoted.get("status") != "promoted":
+                    rows.append(not_measured("manual rollback", "the canary did not promote"))
+                else:
+                    rows.append(measured(
+                        "manual rollback", clients,
+                        lambda: bench.manual_rollback(str(promoted["stable"])), args.settle))
                 broken = bench.candidate(2)
-                rows.append({"scenario": "abort with rollback", **measured(
-                    clients, lambda: bench.rollout(broken, 2, broken=True), args.settle)})
+                rows.append(measured("abort with rollback", clients,
+                                     lambda: bench.rollout(broken, 2, broken=True),
+                                     args.settle))
         with SteadyClients(f"{gateway}/v1", BG_ALIAS, threads=args.threads) as clients:
             rows += bluegreen(tmp, launcher, blue, RouteTable(tmp / "gateway.db"), clients,
                               args.settle)

@@ -371,3 +371,28 @@ def test_the_cycles_deploy_node_switches_only_behind_an_approval_of_this_candida
         assert rig.weights() == {"triage-green": 100, "triage@blue": 0}
     finally:
         rig.close()
+
+
+def test_a_switch_whose_record_was_lost_is_recorded_by_the_next_run(rig: Rig) -> None:
+    candidate = rig.candidate("triage-green")
+    lost: list[str] = []
+    parts = rig.parts
+    record = parts.record
+
+    def crash_on_switched(cycle: str, event: str, payload: dict[str, object], key: str) -> None:
+        if event == "switched" and not lost:
+            lost.append(key)
+            raise RuntimeError("killed between the route change and its record")
+        record(cycle, event, payload, key)
+
+    crashing = BlueGreenDeployer(BlueGreenParts(**{**parts.__dict__,
+                                                   "record": crash_on_switched}), ALIAS)
+    with pytest.raises(RuntimeError, match="killed"):
+        crashing.deploy(candidate, "d1", cycle_id=CYCLE, message="m")
+    assert rig.weights() == {"triage-green": 100, "triage@blue": 0}
+    assert rig.events() == ["green_started"]
+    rig.deployer.deploy(candidate, "d1", cycle_id=CYCLE, message="m")
+    rig.deployer.deploy(candidate, "d1", cycle_id=CYCLE, message="m")
+    assert rig.events() == ["green_started", "switched"]
+    switched = next(e for e in rig.ledger.entries() if e.event == "switched").payload
+    assert switched["found_done"] and switched["from_version"] == "triage@blue"

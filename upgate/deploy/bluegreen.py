@@ -137,6 +137,13 @@ class BlueGreenDeployer(Deployer):
             log.info("%s: %s already routes all traffic to %s", deployment_id, alias,
                      artifact.name)
             blue = next((b for b in current if b.version != artifact.name), None)
+            # Same key as the switch's own record: a no-op when it was recorded, and the
+            # record a crash between route change and ledger would otherwise lose.
+            parts.record(cycle_id, "switched", {
+                "alias": alias, "from_version": blue.version if blue else None,
+                "to_version": artifact.name, "switch_s": None,
+                "generation": parts.routes.generation(), "deployment_id": deployment_id,
+                "found_done": True}, f"{cycle_id}/bluegreen/switched/{deployment_id}")
             return self._deployment(alias, artifact, deployment_id, cycle_id, blue)
         blue = weighted[0] if weighted else self._initial_backend(alias)
         self._remember_blue(alias, blue)
@@ -156,7 +163,7 @@ class BlueGreenDeployer(Deployer):
             "alias": alias, "from_version": blue.version, "to_version": artifact.name,
             "switch_s": round(switch_s, 6), "generation": generation,
             "deployment_id": deployment_id, "blue_stop_after": now + parts.window_s},
-            f"{cycle_id}/bluegreen/switched/{deployment_id}/{generation}")
+            f"{cycle_id}/bluegreen/switched/{deployment_id}")
         log.info("%s: %s moved from %s to %s (generation %d)", deployment_id, alias,
                  blue.version, artifact.name, generation)
         return self._deployment(alias, artifact, deployment_id, cycle_id, blue)
