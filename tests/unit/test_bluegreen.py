@@ -396,3 +396,15 @@ def test_a_switch_whose_record_was_lost_is_recorded_by_the_next_run(rig: Rig) ->
     assert rig.events() == ["green_started", "switched"]
     switched = next(e for e in rig.ledger.entries() if e.event == "switched").payload
     assert switched["found_done"] and switched["from_version"] == "triage@blue"
+
+
+def test_a_green_that_fails_to_start_moves_no_traffic_and_leaves_nothing_running(
+        rig: Rig) -> None:
+    candidate = rig.candidate("triage-broken", config={"fail": "out of memory"})
+    with pytest.raises(DeployError, match="out of memory"):
+        rig.deployer.deploy(candidate, "d1", cycle_id=CYCLE, message="m")
+    assert rig.weights() == {"triage@blue": 100}
+    assert rig.servers.get(ALIAS, "triage-broken") is None
+    assert [p.name for p in (rig.tmp / "servers").glob("*.pid")] == [Path(rig.blue.pid_file).name]
+    assert rig.events() == []
+    assert answers(rig.blue.root)
