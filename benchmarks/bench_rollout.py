@@ -9,8 +9,9 @@ short completions) through each of:
 - canary promotion: the rollout controller moves `triage` to a new adapter version by the
   steps 50% -> 100% through the gateway, judged at each step, then promotes;
 - manual rollback: `upgate rollback --alias triage --to triage@initial`'s code path;
-- abort with rollback: a version the server cannot answer breaches at the first step and
-  the controller restores the stable version;
+- abort with rollback: a version whose server does not answer breaches at the first step
+  and the controller restores the stable version (the failed requests are the ones routed
+  to it before the abort);
 - blue/green switch: a second vLLM server from a copy of the model folder, warmed, then
   the alias's traffic moved in one route change; then a rollback to blue.
 
@@ -58,6 +59,8 @@ ADAPTER = Path(os.environ.get("UPGATE_VLLM_ADAPTER_DIR", CACHE / "models" / "tri
 ALIAS = "triage"
 BG_ALIAS = "smollm2"
 CYCLE = "c20261130-000000-be0c40"
+DEAD = "http://127.0.0.1:9/v1"
+"""A loopback port nothing listens on: the broken version of the abort scenario."""
 
 Row = dict[str, Any]
 
@@ -66,7 +69,12 @@ def window(clients: SteadyClients, start: float, end: float) -> Row:
     """Failed requests and latency of the requests started in [start, end]."""
     taken: list[Sample] = clients.taken(start, end)
     ok = [s.latency_ms for s in taken if s.ok]
+    failed_by: dict[str, int] = {}
+    for s in taken:
+        if not s.ok:
+            failed_by[s.version or "?"] = failed_by.get(s.version or "?", 0) + 1
     return {"requests": len(taken), "failed": sum(not s.ok for s in taken),
+            "failed_by_version": failed_by,
             "p50_ms": quantile(ok, 0.5), "p95_ms": quantile(ok, 0.95),
             "errors": sorted({s.error or str(s.status) for s in taken if not s.ok})[:3]}
 
@@ -139,7 +147,8 @@ class Rollouts:
                                              path=str(folder), sha256=digest),))
 
     def rollout(self, candidate: Candidate, n: int, *, broken: bool = False) -> Row:
-        """Stage and roll out (50% -> 100%); `broken`: its model name is not loaded."""
+        """Stage and roll out (50% -> 100%); `broken`: its route points at a server that
+        does not answer (every request to it is an error the controller must see)."""
         from upgate.policy import Rollout
         from upgate.rollout.controller import RolloutController, RolloutParts
         from upgate.rollout.limits import SuiteScore
@@ -149,12 +158,13 @@ class Rollouts:
         assert deployment.previous is not None
         url = f"{self.root}/v1"
         name, stable = str(deployment.version_name), str(deployment.previous["version_name"])
-        limits = Rollout(enabled=True, steps=(50, 100), bake_s=10.0, min_requests=4,
+        # A busy 2-core machine answers a few requests a second over all clients: steps are
+        # judged on 2 requests or more; the limits themselves have their own tests.
+        limits = Rollout(enabled=True, steps=(50, 100), bake_s=10.0, min_requests=2,
                          suite_cases=0, max_p50_ratio=4.0, max_p95_ratio=6.0)
         plan = RolloutPlan(
             cycle_id=CYCLE, deployment_id=deployment.deployment_id, alias=ALIAS,
-            new=Backend(version=name, base_url=url,
-                        model=f"{name}-not-loaded" if broken else name, weight=0),
+            new=Backend(version=name, base_url=DEAD if broken else url, model=name, weight=0),
             stable=Backend(version=stable, base_url=url, model=stable, weight=100),
             limits=limits)
 
