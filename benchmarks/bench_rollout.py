@@ -364,7 +364,7 @@ def main() -> None:
             continue
         detail = {k: v for k, v in r.items() if k not in {
             "scenario", "requests", "failed", "action_s", "p50_ms", "p95_ms", "p50_ratio",
-            "p95_ratio"} and v not in (None, [], "")}
+            "p95_ratio"} and v not in (None, [], "", {})}
         fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
         print(f"{r['scenario']:42} {r['failed']:>4}/{r['requests']:<5} {r['action_s']:>9.2f} "
               f"{fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} {r.get('p50_ratio', '-'):>6} "
