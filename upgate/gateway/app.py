@@ -6,6 +6,8 @@ the `X-Upgate-Version` header, rewrites `model` to the backend's model name, for
 request, logs a sample and answers with the `X-Upgate-Version` header. A `model` that is not
 a routed alias passes through, unchanged, to the default upstream. A request keeps the
 backend it started on even when the routes change while it runs, so a switch drops nothing.
+A body that is not JSON or names no model is a 400; it is counted in /metrics but logs no
+sample, having no alias to log it under.
 
 Two adapter versions on one vLLM server differ only in the request body's `model` field,
 which a plain HTTP proxy cannot split on; blue/green splits between servers. Both are just
@@ -171,14 +173,8 @@ class Gateway:
                                                      headers=headers)
         try:
             upstream = await self.client.send(upstream_request, stream=True)
-        except httpx.TimeoutException as exc:
-            await self.record(target, 0, started, f"timeout: {exc!r}")
-            return self._down(target, 504, f"did not answer within the gateway's timeout "
-                              f"({type(exc).__name__})", "upstream_timeout")
         except httpx.HTTPError as exc:
-            await self.record(target, 0, started, f"{type(exc).__name__}: {exc}")
-            return self._down(target, 502, f"could not be reached ({type(exc).__name__}: "
-                              f"{exc})", "upstream_unavailable")
+            return await self._down(target, exc, started)
         answer_headers = {k: v for k, v in upstream.headers.items()
                           if k.lower() in _KEEP_RESPONSE}
         answer_headers[VERSION_HEADER] = target.version
@@ -189,9 +185,7 @@ class Gateway:
         try:
             content = await upstream.aread()
         except httpx.HTTPError as exc:
-            await self.record(target, 0, started, f"{type(exc).__name__}: {exc}")
-            return self._down(target, 502, f"broke off its answer ({type(exc).__name__})",
-                              "upstream_unavailable")
+            return await self._down(target, exc, started)
         finally:
             await upstream.aclose()
         await self.record(target, upstream.status_code, started,
@@ -219,7 +213,16 @@ class Gateway:
                 self.record_now(target, 499, started, "client closed the stream")
         await self.record(target, upstream.status_code, started)
 
-    def _down(self, target: _Target, status: int, what: str, kind: str) -> JSONResponse:
+    async def _down(self, target: _Target, exc: httpx.HTTPError,
+                    started: float) -> JSONResponse:
+        """Log a sample with status 0 and answer 504 (timeout) or 502 (anything else)."""
+        await self.record(target, 0, started, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, httpx.TimeoutException):
+            status, kind = 504, "upstream_timeout"
+            what = f"did not answer within the gateway's timeout ({type(exc).__name__})"
+        else:
+            status, kind = 502, "upstream_unavailable"
+            what = f"could not be reached or broke off ({type(exc).__name__}: {exc})"
         message = (f"backend {target.version!r} of {target.alias!r} at {target.url} {what}; "
                    "check that its server runs (`upgate gateway routes "
                    f"{target.alias}` shows where it is routed)")

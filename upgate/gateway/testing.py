@@ -3,10 +3,11 @@ helper that runs any ASGI app (the gateway) under uvicorn on a free port in a th
 
 The fake upstream answers every completion with the `model` it received and its own name,
 so a test can see which backend served a request and what the gateway rewrote. Its `mode`
-makes it fail (500) or hang past the caller's timeout; `stream: true` gets server-sent
-events, one chunk per word, with a pause between chunks. With `hold` set, an answer waits
-for that event (a stream waits after its first chunk), so a test can act while a request is
-in flight; if nobody releases it within `hold_s`, the answer says so (500, or an error chunk).
+makes it fail (500), hang past the caller's timeout, or break off an answer half-sent;
+`stream: true` gets server-sent events, one chunk per word, with a pause between chunks.
+With `hold` set, an answer waits for that event (a stream waits after its first chunk), so
+a test can act while a request is in flight; if nobody releases it within `hold_s`, the
+answer says so (500, or an error chunk).
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
-Mode = Literal["ok", "fail", "hang"]
+Mode = Literal["ok", "fail", "hang", "break"]
 
 
 @dataclass
@@ -130,6 +137,16 @@ def _handler(up: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             up.record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             if up.mode == "hang":
                 time.sleep(up.hang_s)
+            if up.mode == "break":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"choices": [')
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if up.mode == "fail":
                 self._send(500, {"error": {"message": f"{up.name} fails on purpose"}})
                 return
@@ -190,3 +207,52 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(db: Path, upstream: str, *, port: int | None = None,
+                    wait_s: float = 120.0, extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """Run `upgate gateway serve` as a real process (no upgate.toml); yield its root URL.
+
+    Clients use the root + /v1. The process is stopped on exit; if it dies or does not
+    answer /health within `wait_s`, the error carries its output.
+    """
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPGATE_")}
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "upgate.cli", "gateway", "serve", "--db", str(db),
+             "--upstream", upstream, "--port", str(port), *extra],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + wait_s
+            while not _answers(f"{url}/health"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out.seek(0)
+                    raise RuntimeError(f"`upgate gateway serve` did not come up on {url}: "
+                                       + out.read().decode(errors="replace")[-2000:])
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback URL we made)
+            return bool(r.status == 200)
+    except OSError:
+        return False
