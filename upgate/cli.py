@@ -24,6 +24,7 @@ from upgate.cli_critique import critique_command
 from upgate.cli_gateway import gateway_app
 from upgate.cli_notify import notify_app
 from upgate.cli_rollback import rollback_command
+from upgate.cli_rollout import rollout_app
 from upgate.cli_sandbox import sandbox_app
 from upgate.config import Settings, load_settings
 from upgate.errors import EvalError, LedgerError, UpgateError
@@ -50,6 +51,7 @@ app.command("stop")(stop_command)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(bluegreen_app, name="bluegreen")
 app.command("rollback")(rollback_command)
+app.add_typer(rollout_app, name="rollout")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.
 console = Console(soft_wrap=True)

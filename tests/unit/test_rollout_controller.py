@@ -144,8 +144,12 @@ def test_an_abort_interrupted_before_restoring_finishes_on_the_next_run(tmp_path
     assert (rig.routes.generation(), len(rig.events())) == (generation, count)
 
 
+@pytest.mark.parametrize(("cycle", "from_version"), [
+    (CYCLE, NEW),                           # `upgate rollback CYCLE`
+    ("c-rollback-triage-1", STABLE),        # `upgate rollback --alias triage --to ...`
+])
 def test_a_rollback_recorded_meanwhile_ends_the_rollout_without_moving_traffic(
-        tmp_path: Path) -> None:
+        tmp_path: Path, cycle: str, from_version: str) -> None:
     def stop(e: str, data: dict[str, Any]) -> None:
         if e == "step_checked":
             raise Interrupted
@@ -156,9 +160,9 @@ def test_a_rollback_recorded_meanwhile_ends_the_rollout_without_moving_traffic(
     # A person rolls the alias back while the rollout is dead (as `upgate rollback` would).
     rig.routes.set_routes(ALIAS, [rig.plan.stable.model_copy(update={"weight": 100})],
                           reason="manual rollback")
-    rig.ledger.append("c-rollback-triage-1", "rollback", "rolled_back", {
-        "alias": ALIAS, "from_version": NEW, "to_version": STABLE, "trigger": "manual",
-        "by": "bob"}, key="manual-1")
+    rig.ledger.append(cycle, "rollback", "rolled_back", {
+        "alias": ALIAS, "from_version": from_version, "to_version": STABLE,
+        "trigger": "manual", "by": "bob"}, key="manual-1")
     generation = rig.routes.generation()
     rig.on_event = lambda e, d: None
     result = rig.controller().run()

@@ -157,11 +157,42 @@ def test_sigkill_during_a_bake_then_the_runner_resumes_to_promotion(
     assert last_step.payload["step"] == 2
     assert runner.unfinished() == ["c-rollout-killed"]
 
-    done = runner.resume("c-rollout-killed")
+    # A person looks, then resumes it from the command line.
+    from typer.testing import CliRunner
+
+    from upgate import cli
+
+    monkeypatch.setattr(cli, "_runner", lambda settings, for_cycles=True: runner)
+    cfg = str(workdir / "upgate.toml")
+    shown = CliRunner().invoke(cli.app, ["rollout", "status", "c-rollout-killed", "-c", cfg],
+                                env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "step 2: 100% to triage@goodgoodgood" in shown.output
+    assert "in progress" in shown.output
+    resumed = CliRunner().invoke(cli.app, ["rollout", "resume", "c-rollout-killed", "-c", cfg])
+    assert resumed.exit_code == 0, resumed.output
+    done = runner.state("c-rollout-killed")
     assert done["outcome"] == "deployed" and done["rollout"]["status"] == "promoted"
+    again = CliRunner().invoke(cli.app, ["rollout", "resume", "c-rollout-killed", "-c", cfg])
+    assert "already ended (promoted)" in again.output
     events = _events(runner, "c-rollout-killed")
     assert events.count(("rollout", "resumed")) == 1
     assert events.count(("rollout", "step")) == 2
     assert events.count(("rollout", "promoted")) == 1
     assert fake.served["triage"].endswith("adapter-good")
     assert runner.deps.ledger.verify().ok
+
+
+@pytest.mark.parametrize("promoted", [True, False])
+def test_reconcile_after_a_server_restart_follows_the_rollouts_ending(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, promoted: bool) -> None:
+    from upgate.deploy.reconcile import reconcile
+
+    runner, fake, _, initial, done = _approved(workdir, monkeypatch,
+                                               new_answers_badly=not promoted)
+    assert done["rollout"]["status"] == ("promoted" if promoted else "aborted")
+    live = fake.served["triage"]
+    fake.served = {"smollm2": "/base", "triage": initial}  # the server restarts
+    result = reconcile(runner.deps.store, fake, "triage", runner.deps.ledger)
+    assert result["active"] == (NEW if promoted else STABLE)
+    assert fake.served["triage"] == live

@@ -5,7 +5,8 @@ where each version's files are, but it is mutable, so it is not what decides: on
 version the ledger shows deployed after a person's approval (or one such deployment's
 previous version, its rollback target) is loaded, under the content hash the ledger
 holds, re-checked before the load. The alias is pointed at the version the ledger's last
-deploy or rollback left active (invariant 5: a rollback stays one in-place load away).
+deploy, rollout promotion or rollback left active (invariant 5: a rollback stays one
+in-place load away).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def ledger_versions(ledger: Ledger, alias: str) -> tuple[dict[str, str], str | N
         if e.node == "approve" and e.event == "approve" and not str(
                 e.payload.get("approver", "")).startswith("policy:"):
             approved_cycles.add(e.cycle_id)
-        elif e.node == "deploy" and e.event == "deployed" and e.cycle_id in approved_cycles:
+        elif (e.node == "deploy" and e.event in ("deployed", "staged")
+              and e.cycle_id in approved_cycles):
             d = e.payload.get("deployment") or {}
             if d.get("target") != "vllm" or d.get("alias") != alias:
                 continue
@@ -42,7 +44,10 @@ def ledger_versions(ledger: Ledger, alias: str) -> tuple[dict[str, str], str | N
             previous = d.get("previous") or {}
             if previous.get("version_name") and previous.get("sha256"):
                 versions.setdefault(str(previous["version_name"]), str(previous["sha256"]))
-            active = str(d["version_name"])
+            if e.event == "deployed":  # a staged version is active once its rollout promotes
+                active = str(d["version_name"])
+        elif e.node == "rollout" and e.event == "promoted" and e.cycle_id in deployments:
+            active = str(deployments[e.cycle_id]["version_name"])
         elif (e.node == "rollback" and e.event == "rolled_back"
               and e.payload.get("alias") == alias and e.payload.get("to_version")):
             active = str(e.payload["to_version"])  # `upgate rollback` names what it restored

@@ -7,6 +7,10 @@ traffic. `run` starts from whatever the ledger holds for this deployment: run ag
 SIGKILL at any point, it re-applies the last recorded traffic state (a no-op when the table
 already holds it), records `rollout/resumed`, and carries on from that step; a rollback
 someone else recorded meanwhile ends it without moving traffic again.
+
+`rollout/step` carries the step's whole route list (what a resume re-applies) and the route
+generation in force when it was recorded, i.e. before its change; `step_checked` carries the
+generation the step was judged under.
 """
 
 from __future__ import annotations
@@ -53,8 +57,12 @@ class RolloutParts:
     """Told of each record as it is made (progress output; a test's kill switch)."""
 
 
-def _weights(backends: list[Backend]) -> list[tuple[str, int]]:
-    return sorted((b.version, b.weight) for b in backends)
+def _same(a: list[Backend], b: list[Backend]) -> bool:
+    """Whether two backend lists route alike (order aside)."""
+    def key(x: Backend) -> tuple[str, str, str, int]:
+        return x.version, x.base_url, x.model, x.weight
+
+    return sorted(map(key, a)) == sorted(map(key, b))
 
 
 class RolloutController:
@@ -78,7 +86,7 @@ class RolloutController:
     def _apply(self, backends: list[Backend], reason: str) -> int:
         """Make the alias's routes `backends` unless they already are; the generation."""
         routes = self.parts.routes
-        if _weights(routes.routes(self.plan.alias)) == _weights(backends):
+        if _same(routes.routes(self.plan.alias), backends):
             return routes.generation()
         return routes.set_routes(self.plan.alias, backends, reason=reason)
 

@@ -52,4 +52,3 @@ class RolloutResult(BaseModel):
     breaches: list[str] = Field(default_factory=list)
     restored_version: str | None = None
     resumed: bool = False
-    detail: str = ""

@@ -31,17 +31,17 @@ class Progress:
     rolled_back: bool = False
     resumes: int = 0
     rolled_back_elsewhere: dict[str, Any] | None = None
-    """A rollback of this alias recorded by someone else (a person, the monitor) after the
-    rollout started: the rollout must not move traffic again."""
+    """A rollback of this cycle or alias recorded by someone else (a person, the monitor)
+    after the rollout started: the rollout must not move traffic again."""
 
 
 def _elsewhere(plan: RolloutPlan, entry: Entry, ours: str) -> bool:
+    """A rollback of this cycle, or of this alias (whatever version it left), that this
+    rollout did not make: a person or the monitor acted, and the rollout must not undo it."""
     p = entry.payload
     if entry.key == ours or p.get("trigger") == "rollout":
         return False
-    if entry.cycle_id == plan.cycle_id:
-        return True
-    return p.get("alias") == plan.alias and p.get("from_version") == plan.new.version
+    return entry.cycle_id == plan.cycle_id or p.get("alias") == plan.alias
 
 
 def read_progress(ledger: Ledger, plan: RolloutPlan) -> Progress:
