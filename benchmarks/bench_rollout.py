@@ -31,11 +31,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from upgate.artifacts import freeze_tree
 from upgate.deploy.vllm_servers import Launcher, LauncherConfig, ServerHandle, stop_server
 from upgate.errors import UpgateError
 from upgate.gateway.routes import Backend, RouteTable
+from upgate.gateway.testing import gateway_process
 from upgate.hashing import sha256_tree
 from upgate.ledger import Ledger
 from upgate.loadgen import Sample, SteadyClients, quantile
@@ -256,26 +257,6 @@ def bluegreen(tmp: Path, launcher: Launcher, blue: ServerHandle, routes: RouteTa
 # the run ------------------------------------------------------------------------------------
 
 
-def start_gateway(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`upgate gateway serve` on a free port."""
-    from upgate.deploy.vllm_servers import port_free
-
-    port = next(p for p in range(8081, 8099) if port_free("127.0.0.1", p))
-    upgate = Path(sys.executable).with_name("upgate")
-    proc = subprocess.Popen([str(upgate), "gateway", "serve", "--db", str(tmp / "gateway.db"),
-                             "--upstream", upstream, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit("the gateway did not start")
-
-
 def not_measured(scenario: str, why: str) -> Row:
     """A row for a part whose code is not there."""
     return {"scenario": scenario, "not_measured": why}
@@ -290,12 +271,13 @@ def run(args: argparse.Namespace) -> list[Row]:
               "0.1", "--enforce-eager"),
         env={**LauncherConfig().env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
     launcher = Launcher(config, tmp / "servers")
+    stack = ExitStack()
     blue = launcher.start("blue", MODEL, served_name=BG_ALIAS, args=[
         "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4",
         "--lora-modules", f"{ALIAS}={ADAPTER}"])
-    gateway_proc, gateway = start_gateway(tmp, blue.base_url)
     rows: list[Row] = []
     try:
+        gateway = stack.enter_context(gateway_process(tmp / "gateway.db", blue.base_url))
         v0, _ = copy_frozen(ADAPTER, tmp / "swap-v0")
         v1, _ = copy_frozen(ADAPTER, tmp / "swap-v1", "swap")
         with SteadyClients(blue.base_url, ALIAS, threads=args.threads) as direct:
@@ -327,8 +309,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             rows += bluegreen(tmp, launcher, blue, RouteTable(tmp / "gateway.db"), clients,
                               args.settle)
     finally:
-        gateway_proc.terminate()
-        gateway_proc.wait(timeout=30)
+        stack.close()
         launcher.stop(blue)
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

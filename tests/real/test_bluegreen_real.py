@@ -1,4 +1,5 @@
-"""Blue/green on real vLLM servers, through the real gateway, under steady clients.
+"""Blue/green on real vLLM servers, through the real gateway (`upgate gateway serve`, its
+own process), under steady clients.
 
 Blue is a vLLM server started from the base model folder; green is another one started
 from a copy of that folder (hashed) that also changes the serving configuration
@@ -31,9 +32,8 @@ from upgate.deploy.vllm_servers import (
     stop_server,
 )
 from upgate.errors import DeployError
-from upgate.gateway.app import GatewaySettings, create_app
 from upgate.gateway.routes import Backend, RouteTable
-from upgate.gateway.testing import serve_in_thread
+from upgate.gateway.testing import gateway_process
 from upgate.hashing import sha256_tree
 from upgate.ledger import Ledger
 from upgate.loadgen import Sample, SteadyClients
@@ -89,9 +89,7 @@ def rig(tmp_path: Path) -> Iterator[dict[str, object]]:
             reaper=ReaperSpec(servers_db=tmp_path / "servers.db",
                               routes_db=tmp_path / "gateway.db", state_dir=tmp_path,
                               poll_s=0.5))
-        app = create_app(RouteTable(tmp_path / "gateway.db"),
-                         GatewaySettings(upstream=blue.base_url))
-        with serve_in_thread(app) as gateway:
+        with gateway_process(tmp_path / "gateway.db", blue.base_url) as gateway:
             yield {"blue": blue, "gateway": gateway, "routes": routes, "servers": servers,
                    "ledger": ledger, "deployer": BlueGreenDeployer(parts, ALIAS),
                    "launcher": launcher}
