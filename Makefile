@@ -13,7 +13,7 @@
 #   make test-real  tests against the real parts (Docker, vLLM), without the soaks
 #   make test       set-up + lint + test-unit + test-real, timed (what CI runs; < 30 min)
 #   make test-full  make test, then the soaks (tests marked `full`)
-#   make bench      the benchmarks (sandbox, critic, a governed cycle's stage times)
+#   make bench      the benchmarks (sandbox, critic, a governed cycle's stage times, rollout)
 #   make demo       one real upgrade cycle
 #   make demo-notify  the demo cycle told to a local Slack stand-in, approved by its button
 #   make image      upgate's own runtime image (Dockerfile), built without a package index
@@ -149,6 +149,8 @@ bench: venv docker images vllm
 	@cd $(ROOT) && $(PY) benchmarks/bench_cycle.py
 	$(call say,"benchmark: what the gateway adds to a request")
 	@cd $(ROOT) && $(PY) benchmarks/bench_gateway.py
+	$(call say,"benchmark: rollout under load (canary, rollback, abort, blue/green)")
+	@cd $(ROOT) && $(PY) benchmarks/bench_rollout.py
 
 demo: venv docker images vllm
 	$(call say,"demo")

@@ -17,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 
 from upgate.config import Settings, TargetManifest
 from upgate.deploy.base import Deployer
+from upgate.deploy.bluegreen import BlueGreenParts, bluegreen_parts
 from upgate.deploy.registry import DeployParts, deployer_for
 from upgate.deploy.vllm import VllmAdmin
 from upgate.evals.harness import ChatChoiceHarness
@@ -91,11 +92,18 @@ class Deps:
         """The target's tree at its base branch now."""
         return self.trees.at(self.settings.target.base_branch)
 
+    @cached_property
+    def bluegreen(self) -> BlueGreenParts:
+        """The route table, servers table and launcher a blue/green switch uses."""
+        return bluegreen_parts(self.settings, self.policy.rollout.rollback_window_s,
+                               self.ledger)
+
     def deployer(self, target: str) -> Deployer:
-        """The deployer for a target tag ("git", "vllm"), built from these parts."""
+        """The deployer for a target tag ("git", "vllm", "bluegreen"), built from these parts."""
         return deployer_for(target, DeployParts(
             repo=self.settings.target.path, base_branch=self.settings.target.base_branch,
             store=self.store, admin=self.admin, alias=self.manifest.model_alias,
+            bluegreen=self.bluegreen if target == "bluegreen" else None,
             landing=self.policy.landing.mode, baseline_of=self.baseline_commit,
         ))
 

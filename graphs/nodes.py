@@ -16,7 +16,7 @@ from upgate.agents.critic import CriticContext, critique
 from upgate.agents.proposer import propose
 from upgate.agents.recipes.registry import RECIPES
 from upgate.approvals import check_decision
-from upgate.deploy.registry import TARGET_BY_KIND
+from upgate.deploy.registry import target_for
 from upgate.errors import AgentOutputError, ApprovalError, UpgateError
 from upgate.evals.stats import compare
 from upgate.evidence_store import write_packet
@@ -378,12 +378,12 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         _record(deps, state, "deploy", "refused", {"reason": reason})
         return {"outcome": "failed", "reason": reason}
     deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
-    staged = rollout_applies(deps.policy, TARGET_BY_KIND[candidate.kind])
+    staged = rollout_applies(deps.policy, target_for(candidate))
     try:
         if staged:  # loaded beside the stable version; the rollout node moves traffic
             deployment = stage(deps, candidate, deployment_id)
         else:
-            deployment = deps.deployer(TARGET_BY_KIND[candidate.kind]).deploy(
+            deployment = deps.deployer(target_for(candidate)).deploy(
                 candidate, deployment_id, cycle_id=state["cycle_id"],
                 message=f"upgate: {proposal.recipe} ({proposal.kind}) from {state['cycle_id']}",
             )
@@ -398,13 +398,15 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     return {"deployment": result, "outcome": "deployed"}
 
 
-def _live_check(deps: Deps, model: str, expected_scores: dict[str, float]) -> dict[str, Any]:
-    """The live model must answer as the critic measured the candidate, on the same cases."""
+def _live_check(deps: Deps, model: str, expected_scores: dict[str, float],
+                base_url: str | None = None) -> dict[str, Any]:
+    """The live model must answer as the critic measured the candidate, on the same cases
+    (on the serving endpoint, or `base_url`: a blue/green deployment's green server)."""
     cases = [c for c in deps.suite.split("visible") if c.id in expected_scores]
     cases = cases[: deps.monitor_cases]
     prompt, shots = read_prompting(deps.base_tree(), deps.manifest)
     live = deps.harness.run(
-        cases, base_url=deps.settings.serving.openai_url, model=model,
+        cases, base_url=base_url or deps.settings.serving.openai_url, model=model,
         system_prompt=prompt, few_shot=shots, labels=deps.suite.labels,
         scorer=deps.suite.scorer, scorer_options=deps.suite.scorer_options,
     )
@@ -431,7 +433,10 @@ def monitor(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         return {"outcome": "failed", "reason": f"monitor: {exc}"}
     result: dict[str, Any] = {"checked": False}
     if health.healthy and deployment.alias:
-        result = _live_check(deps, deployment.alias, verdict.get("visible_case_scores") or {})
+        model, url = deployment.alias, None
+        if deployment.target == "bluegreen" and deployment.served:  # green, not the old server
+            model, url = str(deployment.version_name), deployment.served.get("base_url")
+        result = _live_check(deps, model, verdict.get("visible_case_scores") or {}, url)
     result = {**result, "in_place": health.healthy, "placement": health.detail,
               "regressed": bool(result.get("regressed")) or not health.healthy}
     _record(deps, state, "monitor", "regression" if result["regressed"] else "healthy", result)

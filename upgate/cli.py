@@ -20,6 +20,7 @@ from upgate.approvals import prove_identity
 from upgate.cli_admin import init_command, policy_app, service_app
 from upgate.cli_admin import register as register_admin_commands
 from upgate.cli_batch import batch_app, print_curve, print_held, stop_command
+from upgate.cli_bluegreen import bluegreen_app
 from upgate.cli_critique import critique_command
 from upgate.cli_gateway import gateway_app
 from upgate.cli_notify import notify_app
@@ -53,6 +54,7 @@ app.command("stop")(stop_command)
 app.command("rollback")(rollback_command)
 app.command("report")(report_command)
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(bluegreen_app, name="bluegreen")
 app.add_typer(rollout_app, name="rollout")
 
 # soft_wrap: messages stay on one line when piped, so they can be read (and grepped) whole.

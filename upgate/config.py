@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from upgate.deploy.vllm_servers import LauncherConfig
 from upgate.errors import ConfigError
 from upgate.notify.config import NotifySettings
 from upgate.sandboxes.config import DockerSandboxConfig, SandboxConfig
@@ -134,6 +135,8 @@ class Settings(BaseSettings):
     target: TargetConfig
     serving: ServingConfig = ServingConfig()
     gateway: GatewayConfig = GatewayConfig()
+    bluegreen: LauncherConfig = LauncherConfig()
+    """How blue/green starts its extra vLLM servers."""
     sandbox: SandboxConfig = Field(default_factory=DockerSandboxConfig)
     mode: Literal["interactive", "batch"] = "interactive"
     notify: NotifySettings = NotifySettings()
@@ -160,7 +163,8 @@ class Settings(BaseSettings):
 
 _PATH_KEYS = (("state_dir",), ("policy",), ("target", "path"), ("target", "suite"),
               ("target", "hidden_tests"), ("serving", "base_model_path"), ("witness", "path"),
-              ("witness", "key_dir"), ("gateway", "db"))
+              ("witness", "key_dir"), ("gateway", "db"),
+              ("bluegreen", "python"), ("bluegreen", "run_dir"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

@@ -55,7 +55,8 @@ class Artifact(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    kind: Literal["adapter", "prompt", "config", "file"]
+    kind: Literal["adapter", "prompt", "config", "file", "model"]
+    """"model": a whole model folder (weights, tokenizer, serving file): blue/green."""
     path: str
     sha256: str
 
@@ -131,7 +132,7 @@ class Deployment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: Literal["git", "vllm"]
+    target: Literal["git", "vllm", "bluegreen"]
     deployment_id: str
     branch: str | None = None
     commit: str | None = None
@@ -140,3 +141,5 @@ class Deployment(BaseModel):
     version_name: str | None = None
     adapter_sha256: str | None = None
     previous: dict[str, Any] | None = None
+    served: dict[str, Any] | None = None
+    """Blue/green: where the deployed version is served (server, model folder, hash)."""

@@ -47,7 +47,7 @@ class RollbackResult(BaseModel):
 class Deployer(ABC):
     """One deploy target (see the module docstring)."""
 
-    target: Literal["git", "vllm"]
+    target: Literal["git", "vllm", "bluegreen"]
     """The tag recorded in `Deployment.target`, which picks the deployer for rollback."""
 
     @abstractmethod
