@@ -51,7 +51,8 @@ def rollback_parts(deps: Deps) -> RollbackParts:
 
     return RollbackParts(ledger=deps.ledger, store=deps.store, admin=deps.admin, routes=routes,
                          serving_url=settings.serving.openai_url,
-                         git_deployer=lambda: deps.deployer("git"), outbox=outbox, now=deps.now)
+                         git_deployer=lambda: deps.deployer("git"), outbox=outbox, now=deps.now,
+                         deployer_of=deps.deployer)
 
 
 def rollback_command(

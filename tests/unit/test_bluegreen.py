@@ -408,3 +408,38 @@ def test_a_green_that_fails_to_start_moves_no_traffic_and_leaves_nothing_running
     assert [p.name for p in (rig.tmp / "servers").glob("*.pid")] == [Path(rig.blue.pid_file).name]
     assert rig.events() == []
     assert answers(rig.blue.root)
+
+
+def test_upgate_rollback_of_a_blue_green_cycle_moves_traffic_back_once(rig: Rig) -> None:
+    """`upgate rollback CYCLE` on a blue/green deployment takes the switch back through the
+    blue/green deployer, records it, and a second run finds it done."""
+    from upgate.deploy.rollback import RollbackParts, rollback_cycle
+    from upgate.store import Store
+
+    deployment = rig.deployer.deploy(rig.candidate("triage-green"), "d1", cycle_id=CYCLE,
+                                     message="m")
+    rig.ledger.append(CYCLE, "deploy", "deployed",
+                      {"deployment": deployment.model_dump(mode="json")})
+    assert rig.weights() == {"triage-green": 100, "triage@blue": 0}
+    store = Store(rig.tmp / "state.sqlite")
+
+    def no_git() -> Any:
+        raise AssertionError("a blue/green rollback must not touch git")
+
+    parts = RollbackParts(ledger=rig.ledger, store=store, admin=None, routes=rig.routes,
+                          serving_url="http://127.0.0.1:9/v1", git_deployer=no_git,
+                          outbox=lambda event, data: [],
+                          deployer_of=lambda target: rig.deployer)
+    try:
+        first = rollback_cycle(parts, CYCLE, by="alice", reason="latency up")
+        assert first.status == "rolled_back", first.message
+        assert rig.weights()["triage@blue"] == 100 and not rig.weights().get("triage-green")
+        again = rollback_cycle(parts, CYCLE, by="alice", reason="latency up")
+        assert again.status == "already_restored", again.message
+        records = [e.payload for e in rig.ledger.entries(CYCLE)
+                   if (e.node, e.event) == ("rollback", "rolled_back")]
+        assert len(records) == 1
+        assert records[0]["trigger"] == "manual" and records[0]["by"] == "alice"
+        assert records[0]["from_version"] == "triage-green"
+    finally:
+        store.close()

@@ -89,6 +89,8 @@ class RollbackParts:
     outbox: Callable[[str, dict[str, Any]], list[OutboxWrite]]
     """The notifications for a `rollback` record of the given event."""
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    deployer_of: Callable[[str], Deployer] | None = None
+    """The deployer of another target (blue/green) by its tag, where the caller has one."""
 
 
 def manual_cycle_id(alias: str, at: datetime) -> str:
@@ -281,6 +283,8 @@ def rollback_cycle(parts: RollbackParts, cycle_id: str, *, by: str,
     deployment = deployment_of(parts.ledger, cycle_id)
     if deployment.target == "git":
         return _revert_change(parts, cycle_id, deployment, by=by, reason=reason)
+    if deployment.target == "bluegreen":
+        return _switch_back(parts, cycle_id, deployment, by=by, reason=reason)
     alias, version = str(deployment.alias), str(deployment.version_name)
     previous = deployment.previous or {}
     if not previous.get("version_name"):
@@ -344,3 +348,42 @@ def _revert_change(parts: RollbackParts, cycle_id: str, deployment: Deployment, 
         status="failed" if health.healthy else "rolled_back", cycle_id=cycle_id,
         record=payload, message=f"cycle {cycle_id}'s change taken back on {where}: "
                                 f"{result.detail}")
+
+
+def _switch_back(parts: RollbackParts, cycle_id: str, deployment: Deployment, *,
+                 by: str, reason: str) -> RollbackOutcome:
+    """A blue/green deployment: traffic back to blue (restarted if it was already stopped),
+    through the blue/green deployer's own rollback, recorded like any manual rollback."""
+    if parts.deployer_of is None:
+        raise DeployError("this command was built without the blue/green deployer; run it "
+                          "through `upgate rollback` with the project's configuration")
+    started, t0 = parts.now(), time.monotonic()
+    alias = str(deployment.alias)
+    previous = deployment.previous or {}
+    base: dict[str, Any] = {
+        "alias": alias, "from_version": deployment.version_name,
+        "to_version": previous.get("version_name"), "trigger": "manual", "by": by,
+        "reason": reason, "started_at": started.isoformat()}
+    try:
+        result = parts.deployer_of("bluegreen").rollback(deployment)
+    except DeployError as exc:
+        payload = {**base, "duration_s": round(time.monotonic() - t0, 3),
+                   "reason_failed": str(exc)}
+        _append(parts, cycle_id, "failed", payload)
+        return RollbackOutcome(status="failed", cycle_id=cycle_id, record=payload,
+                               message=f"taking back cycle {cycle_id}'s switch failed: {exc}")
+    recorded = any(e.node == NODE and e.event == "rolled_back"
+                   for e in parts.ledger.entries(cycle_id))
+    if result.status == "nothing_to_restore":
+        return RollbackOutcome(status="nothing_to_restore", cycle_id=cycle_id,
+                               message=f"nothing to restore for {alias}: {result.detail}")
+    if result.status == "already_restored" and recorded:
+        return RollbackOutcome(status="already_restored", cycle_id=cycle_id,
+                               message=f"{alias} is already back on the version before cycle "
+                                       f"{cycle_id}; nothing was changed or recorded")
+    payload = {**base, "duration_s": round(time.monotonic() - t0, 3), "restored": True,
+               "verified": {"detail": result.detail}}
+    _append(parts, cycle_id, "rolled_back", payload)
+    return RollbackOutcome(status="rolled_back", cycle_id=cycle_id, record=payload,
+                           message=f"{alias}: traffic back on the version before cycle "
+                                   f"{cycle_id} ({result.detail})")
