@@ -423,7 +423,7 @@ def test_upgate_rollback_of_a_blue_green_cycle_moves_traffic_back_once(rig: Rig)
     assert rig.weights() == {"triage-green": 100, "triage@blue": 0}
     store = Store(rig.tmp / "state.sqlite")
 
-    def no_git() -> Any:
+    def no_git() -> object:
         raise AssertionError("a blue/green rollback must not touch git")
 
     parts = RollbackParts(ledger=rig.ledger, store=store, admin=None, routes=rig.routes,
