@@ -14,7 +14,7 @@ the base branch (see `upgate.deploy.landing`), and a rollback is a revert commit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -152,6 +152,27 @@ class GitDeployer(Deployer):
         return Health(healthy=bool(head) and head == deployment.commit,
                       detail={"branch": branch, "head": head or None,
                               "commit": deployment.commit})
+
+    def landed_after(self, deployment: Deployment,
+                     others: Sequence[Deployment]) -> list[Deployment]:
+        """Of `others`, the changes landed on the same deploy branch after `deployment`
+        (their landed commit descends from its) and still live there; empty when
+        `deployment` itself did not land or is no longer live."""
+        mine = deployment.previous or {}
+        if mine.get("landing") not in ("fast-forward", "merge") or not self.verify(
+                deployment).healthy:
+            return []
+        branch, landed = str(mine["deploy_branch"]), str(mine["landed_commit"])
+        later: list[Deployment] = []
+        for other in others:
+            theirs = other.previous or {}
+            if (theirs.get("landing") in ("fast-forward", "merge")
+                    and theirs.get("deploy_branch") == branch
+                    and theirs.get("landed_commit") != landed
+                    and is_ancestor(self.repo, landed, str(theirs.get("landed_commit")))
+                    and self.verify(other).healthy):
+                later.append(other)
+        return later
 
     def rollback(self, deployment: Deployment) -> RollbackResult:
         """A landed change: a revert commit on the base branch. A branch: delete it (the
