@@ -79,9 +79,15 @@ def deploy_branch(
 
 def _prove(repo: Path, branch: str, existing: str, start: str, diff: str,
            deployment_id: str, *, judged: bool) -> None:
-    """DeployError unless `existing` is this change: one parent, the judged baseline (an
-    ancestor of the base branch when that is unknown), and exactly that parent's tree with
-    the approved diff applied."""
+    """DeployError unless `existing` is this change: it carries this deployment's trailer
+    (necessary, never sufficient), it has one parent, the judged baseline (an ancestor of
+    the base branch when that is unknown), and exactly that parent's tree with the approved
+    diff applied."""
+    body = _git(repo, "log", "-1", "--format=%B", existing)
+    if f"{DEPLOY_TRAILER}: {deployment_id}" not in (line.strip() for line in body.splitlines()):
+        raise DeployError(
+            f"branch {branch} exists in {repo} but does not hold deployment {deployment_id}; "
+            "nothing landed. Delete or rename it, then resume")
     parents = parents_of(repo, existing)
     parent = parents[0] if len(parents) == 1 else None
     on_baseline = parent is not None and (
