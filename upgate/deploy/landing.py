@@ -16,7 +16,8 @@ would have used and its tree is the one upgate computes again from them. Anythin
 refused and nothing moves.
 
 Only regular files land (modes 100644 and 100755): a diff that would write a submodule
-entry (gitlink), a symbolic link, or change a path to one, is refused before any commit.
+entry (gitlink), a symbolic link, or change a path to one, is refused before any commit
+(`upgate.deploy.gittree.applied_tree`).
 """
 
 from __future__ import annotations
