@@ -28,6 +28,7 @@ from upgate.agents.critic_code import (
     TestEvidence,
     check,
     decide,
+    file_mode_check,
     from_finding,
     protected_hits,
     reasons,
@@ -182,6 +183,7 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
     checks.append(check("protected_paths", not hits, "block",
                         ", ".join(hits) or "no protected path touched",
                         "the diff touches protected paths: " + ", ".join(hits)))
+    checks.append(file_mode_check(trusted))
     diff_lines = trusted.diff.count("\n")
     checks.append(check("diff_size", diff_lines <= policy.thresholds.max_diff_lines, "block",
                         f"{diff_lines} lines (max {policy.thresholds.max_diff_lines})",

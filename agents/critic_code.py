@@ -63,6 +63,17 @@ def protected_hits(paths: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return [p for p in paths if any(path_matches(p, g) for g in patterns)]
 
 
+def file_mode_check(trusted: TrustedDiff) -> Check:
+    """Deny by default: an entry that is not a regular file on either side (a submodule
+    entry, a symbolic link, a change to or from one) blocks; the deployer refuses it too."""
+    odd = trusted.irregular
+    listed = ", ".join(f"{c.path} ({c.old_mode} -> {c.new_mode})" for c in odd[:10])
+    return check("file_modes", not odd, "block",
+                 listed or "every entry is a regular file (100644 or 100755)",
+                 "the diff writes entries that are not regular files (a submodule or a "
+                 f"symbolic link), which upgate never lands: {listed}")
+
+
 def scope_check(trusted: TrustedDiff, scope: CodeScope, baseline: Mapping[str, str]) -> Check:
     """Where the code change writes: each out-of-scope path blocks with a named reason."""
     return from_finding(scope_violations(trusted, scope, baseline))

@@ -7,6 +7,12 @@ untrusted patch is applied with `git apply` to a scratch copy of the baseline tr
 changes are read back with upgate's own git invocation (no system, global or repository
 config, no external diff driver, no textconv, no renames). The paths every check sees are
 the paths `git apply` wrote, and the canonical diff is what the sandboxes apply.
+
+What a commit of the patch would record is read too: the patch is also applied to the
+scratch index alone (`git apply --cached`, as the deployer applies it), because some
+entries never show in a working tree (a submodule entry, mode 160000, is an empty folder
+there, which git ignores). Every entry that is not a regular file (100644/100755) on either
+side is in `TrustedDiff.irregular`, and the critic refuses it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ _STATUS: dict[str, ChangeStatus] = {"A": "added", "D": "deleted", "M": "modified
                                      "T": "type_changed"}
 _GIT_TIMEOUT_S = 60.0
 SYMLINK_MODE = "120000"
+REGULAR_MODES = frozenset({"100644", "100755"})
+_ABSENT = "000000"
 _MAX_FILE_BYTES = 1024 * 1024
 
 
@@ -79,6 +87,11 @@ class FileChange:
         """True when the path is a symlink after the change."""
         return self.new_mode == SYMLINK_MODE
 
+    @property
+    def regular(self) -> bool:
+        """True when the path is a regular file (or absent) before and after the change."""
+        return all(m == _ABSENT or m in REGULAR_MODES for m in (self.old_mode, self.new_mode))
+
 
 @dataclass(frozen=True)
 class TrustedDiff:
@@ -96,6 +109,11 @@ class TrustedDiff:
         """Every path written (renames appear as a deletion and an addition)."""
         return tuple(c.path for c in self.changes)
 
+    @property
+    def irregular(self) -> tuple[FileChange, ...]:
+        """Entries that are not regular files on either side: submodules, symlinks."""
+        return tuple(c for c in self.changes if not c.regular)
+
 
 def _scratch_repo(tree: Path, dest: Path) -> Path:
     repo = dest / "repo"
@@ -107,14 +125,10 @@ def _scratch_repo(tree: Path, dest: Path) -> Path:
     return repo
 
 
-def _read_changes(repo: Path) -> TrustedDiff:
-    _must(git(repo, "add", "-A", "-f"), "stage the change")
+def _index_changes(repo: Path, binary: frozenset[str] = frozenset()) -> list[FileChange]:
+    """The entries the scratch index holds that differ from the baseline commit."""
     raw = _must(git(repo, "diff", "--cached", "--raw", "-z", "--no-renames", "--no-abbrev"),
                 "list the changed paths").split(b"\0")
-    numstat = _must(git(repo, "diff", "--cached", "--numstat", "-z", "--no-renames"),
-                    "count the changed lines").split(b"\0")
-    binary = {line.split(b"\t", 2)[2].decode("utf-8", errors="surrogateescape")
-              for line in numstat if line.startswith(b"-\t-\t")}
     changes: list[FileChange] = []
     i = 0
     while i + 1 < len(raw) and raw[i].startswith(b":"):
@@ -124,6 +138,19 @@ def _read_changes(repo: Path) -> TrustedDiff:
                                   old_mode=old_mode, new_mode=new_mode,
                                   binary=path in binary))
         i += 2
+    return changes
+
+
+def _read_changes(repo: Path, committed: tuple[FileChange, ...] = ()) -> TrustedDiff:
+    """Read the working tree's change back; `committed` adds entries only the index saw."""
+    _must(git(repo, "add", "-A", "-f"), "stage the change")
+    numstat = _must(git(repo, "diff", "--cached", "--numstat", "-z", "--no-renames"),
+                    "count the changed lines").split(b"\0")
+    binary = frozenset(line.split(b"\t", 2)[2].decode("utf-8", errors="surrogateescape")
+                       for line in numstat if line.startswith(b"-\t-\t"))
+    changes = _index_changes(repo, binary)
+    seen = {(c.path, c.new_mode) for c in changes}
+    changes += [c for c in committed if (c.path, c.new_mode) not in seen]
     diff = _must(git(repo, "diff", "--cached", "--binary", "--no-renames", "--no-ext-diff",
                      "--no-textconv", "--no-color", "--src-prefix=a/", "--dst-prefix=b/"),
                  "write the canonical diff")
@@ -150,11 +177,16 @@ def rederive(baseline_tree: Path, patch: str) -> TrustedDiff:
         return TrustedDiff(diff="", changes=())
     with tempfile.TemporaryDirectory(prefix="upgate-diff-") as tmp:
         repo = _scratch_repo(baseline_tree, Path(tmp))
-        proc = git(repo, "apply", "--whitespace=nowarn", "-", stdin=patch.encode())
-        if proc.returncode != 0:
-            return TrustedDiff(diff="", changes=(), applied=False,
-                               error=proc.stderr.decode(errors="replace")[:1000])
-        return _read_changes(repo)
+        committed: tuple[FileChange, ...] = ()
+        for args in (("--cached",), ()):  # the index first (what a commit records), then files
+            proc = git(repo, "apply", *args, "--whitespace=nowarn", "-", stdin=patch.encode())
+            if proc.returncode != 0:
+                return TrustedDiff(diff="", changes=(), applied=False,
+                                   error=proc.stderr.decode(errors="replace")[:1000])
+            if args:
+                committed = tuple(_index_changes(repo))
+                _must(git(repo, "read-tree", "HEAD"), "reset the scratch index")
+        return _read_changes(repo, committed)
 
 
 def tree_diff(baseline_tree: Path, new_tree: Path) -> str:

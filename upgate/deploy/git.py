@@ -1,26 +1,29 @@
 """Deploy a code, prompt or config change as a commit on a new branch of the target repo,
 and land it on the deploy branch when the policy says so (`[landing] mode`).
 
-Never a force-push: the branch `upgate/<cycle>` is created from the commit the cycle was
-judged on (else the base branch) in a temporary worktree, the candidate's diff applied and
-committed with the deployment id as a trailer. Running it again with the same deployment id
-finds the branch and does nothing. With "fast-forward" or "merge" the commit then lands on
+Never a force-push: the branch `upgate/<cycle>` is created on the commit the cycle was
+judged on (else the base branch), holding exactly that commit's tree with the candidate's
+diff applied (computed in a temporary index), with the deployment id as a trailer. Running
+it again finds the branch and does nothing, but only when the branch proves to be this
+change: one parent, the judged baseline, and the same tree computed again. A branch that
+merely carries the trailer (anyone who can create a branch can type it) is refused, and
+nothing lands. With "fast-forward" or "merge" the commit then lands on
 the base branch (see `upgate.deploy.landing`), and a rollback is a revert commit there.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
 from upgate.deploy.base import Deployer, Health, RollbackResult
-from upgate.deploy.landing import land, landed_and_live, revert
-from upgate.deploy.landing import run_git as _git
+from upgate.deploy.gittree import applied_tree, commit_tree, git_ok, parents_of, tree_of
+from upgate.deploy.gittree import run_git as _git
+from upgate.deploy.landing import DEPLOY_TRAILER, is_ancestor, land, landed_and_live, revert
 from upgate.errors import DeployError
 from upgate.policy import LandingMode
 from upgate.records import Candidate, Deployment
@@ -46,40 +49,57 @@ def branch_name(cycle_id: str) -> str:
 
 def deploy_branch(
     repo: Path, *, base: str, branch: str, diff: str, message: str, deployment_id: str,
-    author: str = "upgate <upgate@localhost>",
+    author: str = "upgate <upgate@localhost>", judged: bool = True,
 ) -> GitDeployment:
-    """Commit `diff` on a new branch from `base`; idempotent by deployment id."""
+    """Commit `diff` on a new branch from `base`; idempotent by content (see the module
+    docstring). `judged=False` when `base` is the base branch's name rather than the commit
+    the change was judged on: an earlier run then may sit on an older commit of it."""
     if branch in PROTECTED_BRANCHES or branch == base:
         raise DeployError(f"refusing to deploy onto {branch!r}: upgate only creates new branches")
+    start = _git(repo, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", check=False)
+    if not start:
+        raise DeployError(f"the baseline {base!r} is not a commit in {repo}; nothing landed. "
+                          "Check [target] base_branch and that the judged commit still exists")
     existing = _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
     if existing:
-        body = _git(repo, "log", "-1", "--format=%B", existing)
-        if f"Upgate-Deployment: {deployment_id}" in body:
-            log.info("branch %s already holds deployment %s", branch, deployment_id)
-            return GitDeployment(
-                deployment_id=deployment_id, branch=branch, commit=existing, created=False
-            )
+        _prove(repo, branch, existing, start, diff, deployment_id, judged=judged)
+        log.info("branch %s already holds deployment %s", branch, deployment_id)
+        return GitDeployment(
+            deployment_id=deployment_id, branch=branch, commit=existing, created=False
+        )
+    tree = applied_tree(repo, start, diff)
+    commit = commit_tree(repo, tree, [start], f"{message}\n\n{DEPLOY_TRAILER}: {deployment_id}",
+                         author)
+    # Create only: refused if someone made the branch in the meantime.
+    if not git_ok(repo, "update-ref", f"refs/heads/{branch}", commit, ""):
+        raise DeployError(f"branch {branch} appeared in {repo} while upgate was creating it; "
+                          "nothing landed. Inspect it, then resume")
+    return GitDeployment(deployment_id=deployment_id, branch=branch, commit=commit, created=True)
+
+
+def _prove(repo: Path, branch: str, existing: str, start: str, diff: str,
+           deployment_id: str, *, judged: bool) -> None:
+    """DeployError unless `existing` is this change: it carries this deployment's trailer
+    (necessary, never sufficient), it has one parent, the judged baseline (an ancestor of
+    the base branch when that is unknown), and exactly that parent's tree with the approved
+    diff applied."""
+    body = _git(repo, "log", "-1", "--format=%B", existing)
+    if f"{DEPLOY_TRAILER}: {deployment_id}" not in (line.strip() for line in body.splitlines()):
         raise DeployError(
             f"branch {branch} exists in {repo} but does not hold deployment {deployment_id}; "
-            "delete or rename it, then resume"
-        )
-    with tempfile.TemporaryDirectory(prefix="upgate-deploy-") as tmp:
-        work = Path(tmp) / "wt"
-        _git(repo, "worktree", "add", "--detach", str(work), base)
-        try:
-            if diff.strip():
-                _git(work, "apply", "--index", "--whitespace=nowarn", "-", stdin=diff)
-            name, _, email = author.partition(" <")
-            _git(
-                work, "-c", f"user.name={name}", "-c", f"user.email={email.rstrip('>')}",
-                "commit", "--allow-empty", "-q", "-m",
-                f"{message}\n\nUpgate-Deployment: {deployment_id}",
-            )
-            commit = _git(work, "rev-parse", "HEAD")
-            _git(repo, "branch", branch, commit)
-        finally:
-            _git(repo, "worktree", "remove", "--force", str(work), check=False)
-    return GitDeployment(deployment_id=deployment_id, branch=branch, commit=commit, created=True)
+            "nothing landed. Delete or rename it, then resume")
+    parents = parents_of(repo, existing)
+    parent = parents[0] if len(parents) == 1 else None
+    on_baseline = parent is not None and (
+        parent == start or (not judged and is_ancestor(repo, parent, start)))
+    if parent is not None and on_baseline and tree_of(repo, existing) == applied_tree(
+            repo, parent, diff):
+        return
+    raise DeployError(
+        f"branch {branch} exists in {repo} but is not deployment {deployment_id}: its commit "
+        f"{existing[:12]} is not the approved diff applied to the commit the change was "
+        f"judged on ({start[:12]}); nothing landed. Someone else made that branch: inspect "
+        "it, then delete or rename it and resume")
 
 
 def delete_branch(repo: Path, branch: str) -> bool:
@@ -113,7 +133,7 @@ class GitDeployer(Deployer):
         start = (self.baseline_of(cycle_id) if self.baseline_of else None) or self.base
         change = deploy_branch(self.repo, base=start, branch=branch_name(cycle_id),
                                diff=candidate.diff, message=message,
-                               deployment_id=deployment_id)
+                               deployment_id=deployment_id, judged=start != self.base)
         if self.landing == "branch":
             return Deployment(target="git", **change.model_dump())
         landed = land(self.repo, branch=self.base, commit=change.commit, mode=self.landing,
@@ -138,6 +158,27 @@ class GitDeployer(Deployer):
         return Health(healthy=bool(head) and head == deployment.commit,
                       detail={"branch": branch, "head": head or None,
                               "commit": deployment.commit})
+
+    def landed_after(self, deployment: Deployment,
+                     others: Sequence[Deployment]) -> list[Deployment]:
+        """Of `others`, the changes landed on the same deploy branch after `deployment`
+        (their landed commit descends from its) and still live there; empty when
+        `deployment` itself did not land or is no longer live."""
+        mine = deployment.previous or {}
+        if mine.get("landing") not in ("fast-forward", "merge") or not self.verify(
+                deployment).healthy:
+            return []
+        branch, landed = str(mine["deploy_branch"]), str(mine["landed_commit"])
+        later: list[Deployment] = []
+        for other in others:
+            theirs = other.previous or {}
+            if (theirs.get("landing") in ("fast-forward", "merge")
+                    and theirs.get("deploy_branch") == branch
+                    and theirs.get("landed_commit") != landed
+                    and is_ancestor(self.repo, landed, str(theirs.get("landed_commit")))
+                    and self.verify(other).healthy):
+                later.append(other)
+        return later
 
     def rollback(self, deployment: Deployment) -> RollbackResult:
         """A landed change: a revert commit on the base branch. A branch: delete it (the

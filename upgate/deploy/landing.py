@@ -8,55 +8,41 @@ was built on) or adds a merge commit carrying the deployment id. Taking a change
 
 Never a force-push, never rewritten history: every move of the branch is a compare-and-swap
 from the head it was read at to a descendant of it, and commits are built in a temporary
-worktree, so a refusal or a conflict leaves the branch as it was. Each step finds its own
-earlier run (the change's commit already reachable, a revert already carrying the trailer),
-so running it again changes nothing.
+index or worktree, so a refusal or a conflict leaves the branch as it was. Each step finds
+its own earlier run (the change's commit already reachable, a merge or a revert carrying
+the trailer), so running it again changes nothing; but a trailer is text anyone can type,
+so an earlier run counts only when its content is proven: its parents are the ones upgate
+would have used and its tree is the one upgate computes again from them. Anything else is
+refused and nothing moves.
+
+Only regular files land (modes 100644 and 100755): a diff that would write a submodule
+entry (gitlink), a symbolic link, or change a path to one, is refused before any commit
+(`upgate.deploy.gittree.applied_tree`).
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from upgate.deploy.gittree import (
+    commit_tree,
+    git_ok,
+    merged_tree,
+    parents_of,
+    reverted_tree,
+    run_git,
+    tree_of,
+)
 from upgate.errors import DeployError
 
 log = logging.getLogger(__name__)
 
 DEPLOY_TRAILER = "Upgate-Deployment"
 REVERT_TRAILER = "Upgate-Revert"
-AUTHOR = "upgate <upgate@localhost>"
-
-
-def run_git(repo: Path, *args: str, check: bool = True, stdin: str | None = None) -> str:
-    """Run git in `repo` and return its stdout; DeployError with git's words on failure."""
-    proc = subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, input=stdin,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise DeployError(
-            f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc.stdout.strip()
-
-
-def git_ok(repo: Path, *args: str) -> bool:
-    """Whether a git command succeeds."""
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
-                          check=False).returncode == 0
-
-
-def identity(author: str = AUTHOR) -> list[str]:
-    """`-c user.name=... -c user.email=...` for commits upgate makes."""
-    name, _, email = author.partition(" <")
-    return ["-c", f"user.name={name}", "-c", f"user.email={email.rstrip('>')}"]
 
 
 class Landed(BaseModel):
@@ -97,20 +83,56 @@ def is_ancestor(repo: Path, commit: str, of: str) -> bool:
     return git_ok(repo, "merge-base", "--is-ancestor", commit, of)
 
 
-def find_trailer(repo: Path, branch: str, trailer: str, value: str, *,
-                 merges: bool = False) -> str | None:
-    """The newest first-parent commit of `branch` whose message has the trailer line
-    `trailer: value` exactly (merges only, with `merges`)."""
+def trailer_commits(repo: Path, branch: str, trailer: str, value: str, *,
+                    merges: bool = False) -> list[str]:
+    """The first-parent commits of `branch`, newest first, whose message has the trailer
+    line `trailer: value` exactly (merges only, with `merges`). A claim, not a proof."""
     line = f"{trailer}: {value}"
     args = ["log", "--first-parent", "-F", f"--grep={line}", "--format=%H%x00%B%x1e",
             f"refs/heads/{branch}"]
     if merges:
         args.insert(1, "--merges")
+    found: list[str] = []
     for record in run_git(repo, *args).split("\x1e"):
         sha, _, body = record.strip().partition("\x00")
         if sha and line in (b.strip() for b in body.splitlines()):
+            found.append(sha)
+    return found
+
+
+def proven_merge(repo: Path, branch: str, commit: str, deployment_id: str) -> str | None:
+    """The merge on `branch` that landed `commit` for this deployment: one carrying its
+    trailer whose parents are (a head of `branch`, `commit`) and whose tree is the merge of
+    the two computed again. None when no merge claims it; DeployError when one claims it
+    without being it."""
+    claimed = trailer_commits(repo, branch, DEPLOY_TRAILER, deployment_id, merges=True)
+    for sha in claimed:
+        parents = parents_of(repo, sha)
+        if (len(parents) == 2 and parents[1] == commit
+                and merged_tree(repo, parents[0], commit) == tree_of(repo, sha)):
             return sha
+    if claimed:
+        raise DeployError(
+            f"{branch} holds {claimed[0][:12]}, which carries '{DEPLOY_TRAILER}: "
+            f"{deployment_id}' but is not upgate's merge of the approved change {commit[:12]}"
+            " (its parents or its tree differ); nothing landed. Someone else wrote that "
+            "commit: inspect it before anything lands")
     return None
+
+
+def proven_revert(repo: Path, branch: str, commit: str,
+                  deployment_id: str) -> tuple[str | None, list[str]]:
+    """The revert of `commit` on `branch` for this deployment, and every commit claiming to
+    be it. A claim (the `Upgate-Revert` trailer) counts only when the commit has one parent,
+    which holds `commit`, and its tree is that parent with `commit` reverted, computed
+    again."""
+    claimed = trailer_commits(repo, branch, REVERT_TRAILER, deployment_id)
+    for sha in claimed:
+        parents = parents_of(repo, sha)
+        if (len(parents) == 1 and is_ancestor(repo, commit, parents[0])
+                and reverted_tree(repo, parents[0], commit) == tree_of(repo, sha)):
+            return sha, claimed
+    return None, claimed
 
 
 def checked_out_at(repo: Path, branch: str) -> Path | None:
@@ -150,30 +172,19 @@ def move_branch(repo: Path, branch: str, *, new: str, old: str) -> None:
         raise moved
 
 
-@contextmanager
-def scratch(repo: Path, at: str) -> Iterator[Path]:
-    """A temporary detached worktree of `repo` at `at`, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="upgate-land-") as tmp:
-        work = Path(tmp) / "wt"
-        run_git(repo, "worktree", "add", "--detach", "-q", str(work), at)
-        try:
-            yield work
-        finally:
-            run_git(repo, "worktree", "remove", "--force", str(work), check=False)
-
-
 def land(repo: Path, *, branch: str, commit: str, mode: Literal["fast-forward", "merge"],
          deployment_id: str, message: str) -> Landed:
-    """Land `commit` (a change built on an earlier head of `branch`); idempotent."""
+    """Land `commit` (a change built on an earlier head of `branch`, its content already
+    proven by the caller); idempotent, an earlier merge counting only when proven."""
     current = head(repo, branch)
     if is_ancestor(repo, commit, current):
-        landed = (find_trailer(repo, branch, DEPLOY_TRAILER, deployment_id, merges=True)
+        landed = (proven_merge(repo, branch, commit, deployment_id)
                   if mode == "merge" else None) or commit
         log.info("deployment %s is already on %s (%s)", deployment_id, branch, landed[:12])
-        return Landed(mode=mode, branch=branch, before=run_git(repo, "rev-parse", f"{landed}^1"),
+        return Landed(mode=mode, branch=branch, before=parents_of(repo, landed)[0],
                       commit=landed, created=False)
     if mode == "fast-forward":
-        built_on = run_git(repo, "rev-parse", f"{commit}^1")
+        built_on = parents_of(repo, commit)[0]
         if built_on != current:
             raise DeployError(
                 f"the deploy branch {branch} moved since this change was built on "
@@ -183,47 +194,51 @@ def land(repo: Path, *, branch: str, commit: str, mode: Literal["fast-forward", 
                 "[landing] mode = \"merge\"")
         move_branch(repo, branch, new=commit, old=current)
         return Landed(mode=mode, branch=branch, before=current, commit=commit, created=True)
-    with scratch(repo, current) as work:
-        if not git_ok(work, *identity(), "merge", "--no-ff", "-q", "-m",
-                      f"{message}\n\n{DEPLOY_TRAILER}: {deployment_id}", commit):
-            raise DeployError(
-                f"the change {commit[:12]} does not merge cleanly into {branch} at "
-                f"{current[:12]}; nothing landed. Run a new cycle on the new baseline")
-        merge = run_git(work, "rev-parse", "HEAD")
+    tree = merged_tree(repo, current, commit)
+    if tree is None:
+        raise DeployError(
+            f"the change {commit[:12]} does not merge cleanly into {branch} at "
+            f"{current[:12]}; nothing landed. Run a new cycle on the new baseline")
+    merge = commit_tree(repo, tree, [current, commit],
+                        f"{message}\n\n{DEPLOY_TRAILER}: {deployment_id}")
     move_branch(repo, branch, new=merge, old=current)
     return Landed(mode=mode, branch=branch, before=current, commit=merge, created=True)
 
 
 def landed_and_live(repo: Path, branch: str, commit: str, deployment_id: str) -> bool:
-    """Whether `commit` is on `branch` and no revert of the deployment follows it."""
+    """Whether `commit` is on `branch` and no proven revert of the deployment follows it."""
     current = head(repo, branch)
-    return is_ancestor(repo, commit, current) and find_trailer(
-        repo, branch, REVERT_TRAILER, deployment_id) is None
+    return (is_ancestor(repo, commit, current)
+            and proven_revert(repo, branch, commit, deployment_id)[0] is None)
 
 
 def revert(repo: Path, *, branch: str, commit: str, deployment_id: str,
            note: str = "") -> Reverted | None:
-    """Revert the landed `commit` (`-m 1` when it is a merge) on `branch`; idempotent by
-    the `Upgate-Revert` trailer. None when `commit` never landed on `branch`."""
-    done = find_trailer(repo, branch, REVERT_TRAILER, deployment_id)
+    """Revert the landed `commit` (`-m 1` when it is a merge) on `branch`; idempotent by a
+    proven revert (see `proven_revert`); a commit that only claims to be one is refused.
+    None when `commit` never landed on `branch`."""
+    done, claimed = proven_revert(repo, branch, commit, deployment_id)
     if done is not None:
         return Reverted(branch=branch, commit=done, created=False)
+    if claimed:
+        raise DeployError(
+            f"{branch} holds {claimed[0][:12]}, which carries '{REVERT_TRAILER}: "
+            f"{deployment_id}' but is not a revert of {commit[:12]} (its parent or its tree "
+            "differ from the revert upgate computes); nothing was changed. Someone else "
+            "wrote that commit: inspect it, and revert it on the deploy branch before "
+            "rolling back")
     current = head(repo, branch)
     if not is_ancestor(repo, commit, current):
         return None
-    parents = run_git(repo, "rev-list", "--parents", "-n", "1", commit).split()[1:]
+    tree = reverted_tree(repo, current, commit)
+    if tree is None:
+        raise DeployError(
+            f"reverting {commit[:12]} conflicts with later commits on {branch}; nothing "
+            "was changed. Revert it by hand (git revert) or land a fix through a new cycle")
     subject = run_git(repo, "log", "-1", "--format=%s", commit)
-    with scratch(repo, current) as work:
-        mainline = ["-m", "1"] if len(parents) > 1 else []
-        if not git_ok(work, "revert", "--no-commit", *mainline, commit):
-            raise DeployError(
-                f"reverting {commit[:12]} conflicts with later commits on {branch}; nothing "
-                "was changed. Revert it by hand (git revert) or land a fix through a new cycle")
-        body = f"Revert \"{subject}\"\n\nThis reverts commit {commit}.\n"
-        if note:
-            body += f"\n{note}\n"
-        run_git(work, *identity(), "commit", "-q", "--allow-empty", "-m",
-                f"{body}\n{REVERT_TRAILER}: {deployment_id}")
-        new = run_git(work, "rev-parse", "HEAD")
+    body = f"Revert \"{subject}\"\n\nThis reverts commit {commit}.\n"
+    if note:
+        body += f"\n{note}\n"
+    new = commit_tree(repo, tree, [current], f"{body}\n{REVERT_TRAILER}: {deployment_id}")
     move_branch(repo, branch, new=new, old=current)
     return Reverted(branch=branch, commit=new, created=True)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from upgate.deploy.base import Deployer
+from upgate.deploy.git import GitDeployer
 from upgate.deploy.reconcile import ledger_versions
 from upgate.deploy.vllm import VllmAdmin, check_adapter
 from upgate.errors import DeployError
@@ -305,13 +306,40 @@ def rollback_cycle(parts: RollbackParts, cycle_id: str, *, by: str,
                            reason=reason)
 
 
+def later_landed(parts: RollbackParts, cycle_id: str, deployment: Deployment,
+                 deployer: Deployer) -> list[str]:
+    """The cycles, newest first, whose changes landed on the deploy branch after this
+    cycle's and are still live there (not rolled back): each was judged on a tree that
+    holds this change, so reverting it underneath them leaves a tree nobody judged."""
+    if not isinstance(deployer, GitDeployer):
+        return []
+    deployed: dict[str, Deployment] = {}
+    for e in parts.ledger.entries():
+        if e.node == "deploy" and e.event == "deployed" and e.cycle_id != cycle_id:
+            other = Deployment.model_validate(e.payload["deployment"])
+            if other.target == "git":
+                deployed.pop(e.cycle_id, None)
+                deployed[e.cycle_id] = other  # by the order of their last deployment
+    later = {id(d) for d in deployer.landed_after(deployment, list(deployed.values()))}
+    return [c for c, d in reversed(deployed.items()) if id(d) in later]
+
+
 def _revert_change(parts: RollbackParts, cycle_id: str, deployment: Deployment, *,
                    by: str, reason: str) -> RollbackOutcome:
-    """A code, prompt or config change: the git deployer's rollback, recorded."""
+    """A code, prompt or config change: the git deployer's rollback, recorded; refused
+    while a later landed change is live on top of it (see `later_landed`)."""
     started, t0 = parts.now(), time.monotonic()
     deployer = parts.git_deployer()
     previous = deployment.previous or {}
     where = str(previous.get("deploy_branch") or deployment.branch)
+    later = later_landed(parts, cycle_id, deployment, deployer)
+    if later:
+        raise DeployError(
+            f"cycle {cycle_id}'s change on {where} has later landed changes on top of it: "
+            f"{', '.join(later)} (newest first). Each was judged on a tree that holds this "
+            "change, so reverting it underneath them would leave a tree nobody judged; "
+            "nothing changed. Roll those back first, newest first (`upgate rollback "
+            f"{later[0]}`), then this cycle")
     try:
         result = deployer.rollback(deployment)
     except DeployError as exc:
