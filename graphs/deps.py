@@ -73,6 +73,7 @@ class Deps:
             repo=self.settings.target.path, base_branch=self.settings.target.base_branch,
             store=self.store, admin=self.admin, alias=self.manifest.model_alias,
             landing=self.policy.landing.mode, baseline_of=self.baseline_commit,
+            ledger=self.ledger,
         ))
 
     def baseline_commit(self, cycle_id: str) -> str | None:

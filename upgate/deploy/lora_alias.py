@@ -15,8 +15,10 @@ from upgate.deploy.base import Deployer, Health, RollbackResult
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
 from upgate.hashing import sha256_tree
+from upgate.ledger import Ledger
 from upgate.records import Candidate, Deployment
 from upgate.store import Store
+from upgate.verified import Verifier, approved_versions
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,13 @@ class LoraAliasDeployer(Deployer):
 
     target: Literal["git", "vllm"] = "vllm"
 
-    def __init__(self, admin: VllmAdmin | None, store: Store, alias: str | None) -> None:
+    def __init__(self, admin: VllmAdmin | None, store: Store, alias: str | None,
+                 ledger: Ledger | None = None) -> None:
         self.admin = admin
         self.store = store
         self.alias = alias
+        self.ledger = ledger
+        """Where approved versions are found; without it no stored row is trusted."""
 
     def _parts(self) -> tuple[VllmAdmin, str]:
         if self.admin is None:
@@ -39,13 +44,27 @@ class LoraAliasDeployer(Deployer):
         return self.admin, self.alias
 
     def _previous(self, deployment_id: str) -> dict[str, Any] | None:
-        """The version live before `deployment_id` (also when that one is active already)."""
+        """The version live before `deployment_id` (also when that one is active already).
+
+        The store's row is accepted only for a version the ledger shows deployed under a
+        verified approval (`upgate.verified`); a planted row is not: then the row of the
+        approved version on the folder the server serves now, else None (a first swap).
+        """
         assert self.alias
+        rows = [v for v in self.store.served_versions(self.alias)
+                if v["deployment_id"] != deployment_id]
         active = self.store.active_version(self.alias)
         if active is not None and active["deployment_id"] == deployment_id:
             # A run again after the swap: the version before is the newest other one.
-            active = next((v for v in self.store.served_versions(self.alias)
-                           if v["deployment_id"] != deployment_id), None)
+            active = rows[0] if rows else None
+        approved: dict[str, str] = {}
+        if self.ledger is not None:
+            approved, _ = approved_versions(Verifier(self.ledger, self.store), self.alias)
+        if active is None or approved.get(active["version_name"]) != active["sha256"]:
+            served = self.admin.models().get(self.alias) if self.admin else None
+            root = served.root if served is not None else None
+            active = next((v for v in rows if v["path"] == root
+                           and approved.get(v["version_name"]) == v["sha256"]), None)
         # "active" is the store's state now, not part of which version it was.
         return {k: v for k, v in active.items() if k != "active"} if active else None
 
@@ -67,7 +86,9 @@ class LoraAliasDeployer(Deployer):
             self.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
                                      "initial", "initial")
             admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
-            previous = self._previous(deployment_id)
+            row = next(v for v in self.store.served_versions(alias)
+                       if v["deployment_id"] == "initial")
+            previous = {k: v for k, v in row.items() if k != "active"}
         admin.point_alias(alias, path, expected_sha256=adapter.sha256)
         self.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
                                  cycle_id)

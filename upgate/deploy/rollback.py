@@ -111,7 +111,7 @@ class _Target:
 def approved_target(parts: RollbackParts, alias: str, version: str) -> _Target:
     """The version to restore, or DeployError (nothing changed) when the ledger shows no
     approved deployment of it for `alias` or its folder is not what was approved."""
-    approved, _ = ledger_versions(parts.ledger, alias)
+    approved, _ = ledger_versions(parts.ledger, alias, parts.store)
     digest = approved.get(version)
     if digest is None:
         known = ", ".join(sorted(approved)) or "none yet"
