@@ -2,10 +2,11 @@
 
 Runtime-loaded adapters do not survive a server restart. The state table (`served`) says
 where each version's files are, but it is mutable, so it is not what decides: only a
-version the ledger shows deployed after a person's approval (or one such deployment's
-previous version, its rollback target) is loaded, under the content hash the ledger
-holds, re-checked before the load. The alias is pointed at the version the ledger's last
-deploy or rollback left active (invariant 5: a rollback stays one in-place load away).
+version the ledger shows deployed under verified signed approvals (or the alias's
+`@initial` version the first such deployment recorded; see `upgate.verified`) is loaded,
+under the content hash the ledger holds, re-checked before the load.
+The alias is pointed at the version the ledger's last deploy or rollback left active
+(invariant 5: a rollback stays one in-place load away).
 """
 
 from __future__ import annotations
