@@ -324,3 +324,23 @@ def test_a_forged_identity_log_backs_nothing(workdir: Path) -> None:
     store = Store(workdir / "state" / "state.sqlite")
     ledger = open_ledger(workdir / "state")
     assert any(cycle in p for p in unbacked(ledger, store))
+
+
+def test_auto_approval_only_where_the_adopted_policy_allows_it_never_for_a_model(
+        workdir: Path) -> None:
+    """The test policy says `approval = "auto"` for models (ignored) and requires a person
+    for config; then alice adopts auto for config."""
+    store, ledger = Store(workdir / "state" / "state.sqlite"), open_ledger(workdir / "state")
+    verifier = Verifier(ledger, store)
+    assert not verifier.backing("cX", "a" * 64, "model").ok
+    assert not verifier.backing("cX", "a" * 64, "config").ok
+    policy = workdir / "policy.toml"
+    policy.write_text(policy.read_text().replace(
+        "[kinds.config]\nallowed = true", '[kinds.config]\nallowed = true\napproval = "auto"'))
+    adopt(workdir)
+    verifier = Verifier(ledger, store)
+    assert verifier.backing("cX", "a" * 64, "config").approvers == ("policy:auto",)
+    assert not verifier.backing("cX", "a" * 64, "model").ok
+    assert not verifier.backing("cX", "a" * 64, "code").ok
+    store.close()
+    ledger.close()
