@@ -383,8 +383,8 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         requester=(state.get("requester", ""),), current=True)
     if not backing.ok:  # whatever the checkpoint says: the ledger must hold the approval
         reason = f"deploy refused: {backing.why}"
-        _record(deps, state, "deploy", "refused", {"reason": reason})
-        return {"outcome": "failed", "reason": reason}
+        _record(deps, {**state, "approval": None}, "deploy", "refused", {"reason": reason})
+        return {"outcome": "failed", "reason": reason, "approval": None}
     deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
     try:
         deployment = deps.deployer(TARGET_BY_KIND[candidate.kind]).deploy(

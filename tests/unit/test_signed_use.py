@@ -87,6 +87,8 @@ def test_c1_a_forged_approved_checkpoint_deploys_nothing_on_resume(workdir: Path
     got = events(runner, cycle)
     assert ("deploy", "refused") in got and ("deploy", "deployed") not in got
     assert got[-1] == ("record", "failed")
+    final = runner.deps.ledger.entries(cycle)[-1]
+    assert final.payload["lineage"]["approver"] is None  # the forged "bob" is not recorded
 
 
 def test_a_valid_approval_still_deploys_and_verify_finds_it_backed(workdir: Path) -> None:
@@ -215,7 +217,8 @@ def test_an_approver_removed_before_the_deploy_no_longer_counts_but_history_stan
 
 
 class Served:
-    def __init__(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, workdir: Path, monkeypatch: pytest.MonkeyPatch, *,
+                 plant: Any = None) -> None:
         for name in list(os.environ):
             if name.startswith("UPGATE_"):
                 monkeypatch.delenv(name)
@@ -231,7 +234,10 @@ class Served:
         self.deps = runner(load_settings(workdir / "upgate.toml")).deps
         self.root = workdir
         self.deployer = LoraAliasDeployer(fake, self.deps.store, "triage", self.deps.ledger)
+        self.v0 = v0
         self.v1 = make_adapter(workdir / "adapters" / "v1", b"v1")
+        if plant is not None:
+            plant()
         deploy_model(self.deps.ledger, self.deployer, "c1", "triage-v1", self.v1)
 
     def parts(self) -> RollbackParts:
@@ -241,11 +247,13 @@ class Served:
                              git_deployer=lambda: GitDeployer(self.root / "target", base="main"))
 
 
-def plant_served(workdir: Path, version: str, folder: Path, digest: str) -> None:
+def plant_served(workdir: Path, version: str, folder: Path, digest: str,
+                 deployment_id: str = "") -> None:
     conn = sqlite3.connect(workdir / "state" / "state.sqlite", isolation_level=None)
     conn.execute("UPDATE served SET active = 0 WHERE alias = 'triage'")
     conn.execute("INSERT INTO served VALUES ('triage', ?, ?, ?, ?, 'c1', "
-                 "'2026-11-30T12:00:00+00:00', 1)", (version, str(folder), digest, f"{version}-d"))
+                 "'2026-11-30T12:00:00+00:00', 1)",
+                 (version, str(folder), digest, deployment_id or f"{version}-d"))
     conn.close()
 
 
@@ -344,3 +352,18 @@ def test_auto_approval_only_where_the_adopted_policy_allows_it_never_for_a_model
     assert not verifier.backing("cX", "a" * 64, "code").ok
     store.close()
     ledger.close()
+
+
+def test_a_planted_initial_row_before_the_first_swap_is_not_what_gets_restored(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    evil, evil_sha = make_adapter(workdir / "adapters" / "evil", b"EVIL")
+    world = Served(workdir, monkeypatch, plant=lambda: plant_served(
+        workdir, "triage@initial", evil, evil_sha, "initial"))
+    d1 = next(e for e in world.deps.ledger.entries("c1") if e.event == "deployed")
+    previous = d1.payload["deployment"]["previous"]
+    assert (previous["path"], previous["sha256"]) == (str(world.v0[0]), world.v0[1])
+
+    out = rollback_cycle(world.parts(), "c1", by="alice", reason="v1 mislabels")
+    assert out.status == "rolled_back", out.message
+    assert world.fake.served["triage"] == str(world.v0[0])
+    assert str(evil) not in {c[2] for c in world.fake.calls}

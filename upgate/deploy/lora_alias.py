@@ -54,13 +54,18 @@ class LoraAliasDeployer(Deployer):
         rows = [v for v in self.store.served_versions(self.alias)
                 if v["deployment_id"] != deployment_id]
         active = self.store.active_version(self.alias)
-        if active is not None and active["deployment_id"] == deployment_id:
-            # A run again after the swap: the version before is the newest other one.
+        rerun = active is not None and active["deployment_id"] == deployment_id
+        if rerun:
+            # A run again after the swap: the version before is the newest other one
+            # (the `@initial` one this deployment recorded, when it was a first swap).
             active = rows[0] if rows else None
         approved: dict[str, str] = {}
         if self.ledger is not None:
             approved, _ = approved_versions(Verifier(self.ledger, self.store), self.alias)
-        if active is None or approved.get(active["version_name"]) != active["sha256"]:
+        trusted = active is not None and (
+            approved.get(active["version_name"]) == active["sha256"]
+            or (rerun and active["version_name"] == f"{self.alias}@initial"))
+        if not trusted:
             served = self.admin.models().get(self.alias) if self.admin else None
             root = served.root if served is not None else None
             active = next((v for v in rows if v["path"] == root
@@ -80,15 +85,24 @@ class LoraAliasDeployer(Deployer):
         path = Path(adapter.path)
         admin.ensure_loaded(adapter.name, path, expected_sha256=adapter.sha256)
         if previous is None and served is not None and served.root:
-            # Keep what the alias served before upgate's first swap loadable for rollback,
-            # under the content hash it has now, which every later load re-checks.
-            initial = sha256_tree(Path(served.root))
-            self.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
-                                     "initial", "initial")
-            admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
-            row = next(v for v in self.store.served_versions(alias)
-                       if v["deployment_id"] == "initial")
-            previous = {k: v for k, v in row.items() if k != "active"}
+            # Keep what the alias serves now (before upgate's first swap, or a version no
+            # approval backs) loadable for rollback, under the content hash it has now,
+            # which every later load re-checks. Hashed from what the server serves, never
+            # taken from a stored row (a planted `@initial` row changes nothing).
+            root = Path(served.root)
+            initial = sha256_tree(root)
+            row = self._initial()
+            same = row is None or (row["path"], row["sha256"]) == (str(root), initial)
+            previous = {"version_name": f"{alias}@initial", "path": str(root),
+                        "sha256": initial, "cycle_id": "initial",
+                        "deployment_id": "initial" if same else f"initial-{initial[:12]}"}
+            self.store.record_served(alias, f"{alias}@initial", root, initial,
+                                     previous["deployment_id"], "initial")
+            stored = next(v for v in self.store.served_versions(alias)
+                          if v["deployment_id"] == previous["deployment_id"])
+            if (stored["path"], stored["sha256"]) == (str(root), initial):
+                previous = {k: v for k, v in stored.items() if k != "active"}
+            admin.ensure_loaded(f"{alias}@initial", root, expected_sha256=initial)
         admin.point_alias(alias, path, expected_sha256=adapter.sha256)
         self.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
                                  cycle_id)
@@ -96,6 +110,13 @@ class LoraAliasDeployer(Deployer):
         return Deployment(target="vllm", deployment_id=deployment_id, alias=alias,
                           version_name=adapter.name, adapter_sha256=adapter.sha256,
                           previous=previous)
+
+    def _initial(self) -> dict[str, Any] | None:
+        """The `@initial` row, recorded once, on upgate's first swap of the alias."""
+        assert self.alias
+        row = next((v for v in self.store.served_versions(self.alias)
+                    if v["deployment_id"] == "initial"), None)
+        return {k: v for k, v in row.items() if k != "active"} if row else None
 
     def _path_of(self, deployment_id: str) -> str | None:
         assert self.alias
