@@ -105,6 +105,7 @@ class Deps:
             store=self.store, admin=self.admin, alias=self.manifest.model_alias,
             bluegreen=self.bluegreen if target == "bluegreen" else None,
             landing=self.policy.landing.mode, baseline_of=self.baseline_commit,
+            ledger=self.ledger,
         ))
 
     def baseline_commit(self, cycle_id: str) -> str | None:

@@ -29,6 +29,7 @@ from upgate.hashing import sha256_text
 from upgate.notify.events import outbox_for
 from upgate.records import Candidate, Decision, Deployment, Proposal, Verdict
 from upgate.target_tree import read_prompting, resolve_commit
+from upgate.verified import Verifier, candidate_binding, unapproved_previous
 
 
 def _record(deps: Deps, state: CycleState, node: str, event: str, data: dict[str, Any],
@@ -333,7 +334,8 @@ def approve(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     detail = {"approver": decision.approver, "channel": decision.channel,
               "signer": decision.signer, "reason": decision.reason,
               "signature": decision.signature, "policy_hash": deps.policy.content_hash,
-              "sandbox": deps.settings.sandbox.type}
+              "sandbox": deps.settings.sandbox.type,
+              "decision": decision.model_dump(mode="json")}  # re-verifiable from the ledger
     if decision.action == "reject":
         data = {**request, **decision.model_dump(mode="json")}
         _record(deps, {**state, "approval": data}, "approve", "reject", detail)
@@ -377,6 +379,13 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         reason = "deploy refused: no approval bound to this candidate"
         _record(deps, state, "deploy", "refused", {"reason": reason})
         return {"outcome": "failed", "reason": reason}
+    backing = Verifier(deps.ledger, deps.store).backing(
+        state["cycle_id"], candidate.content_hash, candidate.kind,
+        requester=(state.get("requester", ""),), current=True)
+    if not backing.ok:  # whatever the checkpoint says: the ledger must hold the approval
+        reason = f"deploy refused: {backing.why}"
+        _record(deps, {**state, "approval": None}, "deploy", "refused", {"reason": reason})
+        return {"outcome": "failed", "reason": reason, "approval": None}
     deployment_id = f"{state['cycle_id']}-{candidate.content_hash[:12]}"
     staged = rollout_applies(deps.policy, target_for(candidate))
     try:
@@ -391,10 +400,11 @@ def deploy(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
         _record(deps, state, "deploy", "failed", {"reason": str(exc)})
         return {"outcome": "failed", "reason": f"deploy: {exc}"}
     result = deployment.model_dump(mode="json")
+    backed = {"approved_by": list(backing.approvers), "binding": candidate_binding(candidate)}
     if staged:
-        _record(deps, state, "deploy", "staged", {"deployment": result})
+        _record(deps, state, "deploy", "staged", {"deployment": result, **backed})
         return {"deployment": result, "rollout": {"staged": True}, "outcome": "deployed"}
-    _record(deps, state, "deploy", "deployed", {"deployment": result})
+    _record(deps, state, "deploy", "deployed", {"deployment": result, **backed})
     return {"deployment": result, "outcome": "deployed"}
 
 
@@ -453,6 +463,10 @@ def rollback(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     deployment = Deployment.model_validate(state["deployment"])
     started, t0 = deps.now(), time.monotonic()
+    refusal = unapproved_previous(deps.ledger, deps.store, deployment)
+    if refusal:
+        _record(deps, state, "rollback", "refused", {"reason": refusal, "trigger": "monitor"})
+        return {"outcome": "failed", "reason": f"rollback refused: {refusal}"}
     try:
         restore_routes(deps, dict(state), deployment)
         result = deps.deployer(deployment.target).rollback(deployment)

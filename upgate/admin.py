@@ -14,7 +14,7 @@ import copy
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,9 +179,17 @@ def replay(store: Store, ledger: Ledger | None = None) -> Identities:
     With a ledger, each record must also be in it, as signed: the ledger (witnessed outside
     the state folder) then anchors the people and the policy too.
     """
+    ids = Identities()
+    for _ in _replay_steps(store, ledger, ids):
+        pass
+    return ids
+
+
+def _replay_steps(store: Store, ledger: Ledger | None, ids: Identities) -> Iterator[int]:
+    """Apply the signed records to `ids` one by one; yields each record's ledger seq
+    (0 without a ledger) after applying it."""
     import json
 
-    ids = Identities()
     for seq, raw, signer, signature in store.identity_records():
         try:
             record = json.loads(raw)
@@ -190,6 +198,7 @@ def replay(store: Store, ledger: Ledger | None = None) -> Identities:
         if not isinstance(record, dict) or record.get("seq") != seq:
             raise IdentityError(f"identity record {seq} is malformed")
         _apply(ids, record, signer, signature, raw)
+        at = 0
         if ledger is not None:
             entry = ledger.find(f"admin/identity/{seq}")
             if entry is None or entry.payload.get("signature") != signature:
@@ -197,7 +206,15 @@ def replay(store: Store, ledger: Ledger | None = None) -> Identities:
                     f"identity record {seq} is not in the ledger as signed; the state folder "
                     "was edited outside upgate (check it with `upgate verify`)"
                 )
-    return ids
+            at = entry.seq
+        yield at
+
+
+def replay_timeline(store: Store, ledger: Ledger) -> list[tuple[int, Keyring, Policy | None]]:
+    """The keyring and adopted policy in force after each signed record, with the ledger
+    seq of that record: what was true when a later ledger entry was written."""
+    ids = Identities()
+    return [(at, ids.keyring(), ids.policy) for at in _replay_steps(store, ledger, ids)]
 
 
 def _commit(store: Store, ledger: Ledger, ids: Identities, signer: Signer, op: str,

@@ -94,7 +94,8 @@ def signature_valid(decision: Decision, keyring: Keyring) -> bool:
                                                     decision.signature)
 
 
-def _check_signer(decision: Decision, keyring: Keyring) -> None:
+def check_signer(decision: Decision, keyring: Keyring) -> None:
+    """Raise ApprovalError unless a registered key that may sign for the approver signed it."""
     if not signature_valid(decision, keyring):
         raise ApprovalError(
             "the decision's signature does not verify (forged, altered, or signed by a key "
@@ -154,7 +155,7 @@ def check_decision(
     reject is always possible, even after the request expired or the policy changed.
     """
     now = now or datetime.now(UTC)
-    _check_signer(decision, keyring)
+    check_signer(decision, keyring)
     if decision.cycle_id != cycle_id:
         raise ApprovalError(f"the decision is for cycle {decision.cycle_id}, not {cycle_id}")
     who = decision.approver

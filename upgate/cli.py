@@ -369,8 +369,14 @@ def verify(
     if publish and not ledger.publish_head():
         err.print(Text("the head could not be published; see the log", "red"))
     report = ledger.verify()
-    if not report.ok:
-        for problem in report.problems:
+    problems = list(report.problems)
+    if report.ok:  # a sound chain: is every deploy and rollback backed by an approval?
+        from upgate.store import Store
+        from upgate.verified import unbacked
+
+        problems += unbacked(ledger, Store(settings.state_dir / "state.sqlite"))
+    if problems:
+        for problem in problems:
             err.print(Text.assemble(("✗", "red"), f" {problem}"), highlight=False)
         raise typer.Exit(1)
     console.print(Text.assemble(("ledger OK", "green"),

@@ -23,6 +23,7 @@ from upgate.config import Settings, load_settings
 from upgate.errors import ConfigError
 from upgate.gateway.routes import Backend, RouteTable
 from upgate.ledger import Ledger
+from upgate.store import Store
 
 gateway_app = typer.Typer(
     help="The entry point clients call: one OpenAI-compatible address that splits each "
@@ -177,8 +178,8 @@ def set_command(
     console.print(routes_table(alias, parsed))
 
 
-def check_approved_backends(ledger: Ledger, alias: str, backends: list[Backend],
-                            serving_url: str) -> None:
+def check_approved_backends(ledger: Ledger, store: Store, alias: str,
+                            backends: list[Backend], serving_url: str) -> None:
     """Refuse routes to anything the ledger does not show approved for `alias`.
 
     Sending an alias's traffic to a version is a served-model swap, so an operator may only
@@ -188,7 +189,7 @@ def check_approved_backends(ledger: Ledger, alias: str, backends: list[Backend],
     """
     from upgate.deploy.reconcile import ledger_versions
 
-    approved, _ = ledger_versions(ledger, alias)
+    approved, _ = ledger_versions(ledger, alias, store)
     for b in backends:
         if b.version not in approved:
             known = ", ".join(sorted(approved)) or "none yet"
@@ -208,7 +209,6 @@ def _set_recorded(settings: Settings, person: str, key_dir: Path | None, alias: 
     from upgate.approvals import prove_identity
     from upgate.identity import default_key_dir, load_signer, person_key_id
     from upgate.ledger import open_ledger
-    from upgate.store import Store
 
     store = Store(settings.state_dir / "state.sqlite")
     ledger = open_ledger(settings.state_dir, settings.witness)
@@ -217,7 +217,7 @@ def _set_recorded(settings: Settings, person: str, key_dir: Path | None, alias: 
         signer = load_signer(person_key_id(person), key_dir or default_key_dir())
         prove_identity(replay(store, ledger).keyring(), person, signer,
                        role=("operator", "admin"))
-        check_approved_backends(ledger, alias, backends, settings.serving.openai_url)
+        check_approved_backends(ledger, store, alias, backends, settings.serving.openai_url)
         generation = table.set_routes(alias, backends,
                                       reason=f"set by {person}: {reason or 'no reason given'}")
         ledger.append("admin", "gateway", "routes_set", {

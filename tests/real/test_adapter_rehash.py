@@ -88,7 +88,7 @@ def test_reconcile_with_a_forged_served_row_loads_only_the_approved_version(
     store, ledger = Store(state / "state.sqlite"), Ledger(state / "ledger.sqlite")
     try:
         store.record_served(alias, f"{alias}@good", good, digest, "d1", "c1")
-        approved_deploy(ledger, "c1", f"{alias}@good", digest, alias=alias)
+        approved_deploy(store, ledger, "c1", f"{alias}@good", digest, alias=alias)
         forge_served_for(state, alias, f"{alias}@evil", evil, evil_digest)
         names.extend([alias, f"{alias}@good", f"{alias}@evil"])
         result = reconcile(store, client, alias, ledger)

@@ -94,7 +94,7 @@ def test_rollback_at_any_time_on_the_real_server(
     names.extend([first, second, f"{ALIAS}@initial"])
     store, ledger = Store(root / "state" / "state.sqlite"), Ledger(root / "state" / "ledger.sqlite")
     try:
-        deployer = LoraAliasDeployer(client, store, ALIAS)
+        deployer = LoraAliasDeployer(client, store, ALIAS, ledger)
         deploy_model(ledger, deployer, "c1", first, versions[first])
         deploy_model(ledger, deployer, "c2", second, versions[second])
     finally:

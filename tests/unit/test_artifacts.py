@@ -19,7 +19,10 @@ from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
 from upgate.hashing import sha256_tree
 from upgate.ledger import Ledger
+from upgate.records import Artifact, Candidate, Deployment
 from upgate.store import Store
+
+from .signed import ensure_people, record_approval, record_deploy, signed_decision
 
 
 def make_adapter(folder: Path, weights: bytes = b"weights") -> tuple[Path, str]:
@@ -117,14 +120,24 @@ def test_other_changes_to_an_adapter_folder_are_refused(
 # --- reconcile ---------------------------------------------------------------------------
 
 
-def approved_deploy(ledger: Ledger, cycle: str, version: str, digest: str,
+def approved_deploy(store: Store, ledger: Ledger, cycle: str, version: str, digest: str,
                     previous: dict[str, str] | None = None, *, approver: str = "bob",
                     alias: str = "triage") -> None:
-    """The ledger entries of a cycle whose model change a person approved and deployed."""
-    ledger.append(cycle, "approve", "approve", {"approver": approver})
-    ledger.append(cycle, "deploy", "deployed", {"deployment": {
-        "target": "vllm", "alias": alias, "version_name": version,
-        "adapter_sha256": digest, "deployment_id": f"{cycle}-d", "previous": previous}})
+    """The ledger entries of a cycle whose model change a person approved and deployed
+    (a signed decision; "policy:..." records an approval with no signed decision)."""
+    art = Artifact(name=version, kind="adapter", path="adapters/" + version, sha256=digest)
+    candidate = Candidate(proposal_id="p", kind="model", diff="", changed_paths=(),
+                          artifacts=(art,))
+    keys = Path(ledger.path).parent.parent / "keys"
+    ensure_people(store, ledger, keys)
+    if approver.startswith("policy:"):
+        ledger.append(cycle, "approve", "approve", {"approver": approver})
+    else:
+        record_approval(ledger, signed_decision(store, ledger, keys, cycle,
+                                                candidate.content_hash, approver))
+    record_deploy(ledger, cycle, candidate, Deployment(
+        target="vllm", alias=alias, version_name=version, adapter_sha256=digest,
+        deployment_id=f"{cycle}-d", previous=previous))
 
 
 def forge_served(state: Path, version: str, path: Path, digest: str) -> None:
@@ -148,9 +161,9 @@ def registry(tmp_path: Path) -> Registry:
     v0 = make_adapter(tmp_path / "v0", b"zero")
     v1 = make_adapter(tmp_path / "v1", b"one")
     store.record_served("triage", "triage@v0", v0[0], v0[1], "d0", "c0")
-    approved_deploy(ledger, "c0", "triage@v0", v0[1])
+    approved_deploy(store, ledger, "c0", "triage@v0", v0[1])
     store.record_served("triage", "triage@v1", v1[0], v1[1], "d1", "c1")
-    approved_deploy(ledger, "c1", "triage@v1", v1[1],
+    approved_deploy(store, ledger, "c1", "triage@v1", v1[1],
                     {"version_name": "triage@v0", "sha256": v0[1], "path": str(v0[0])})
     return store, ledger, {"v0": v0, "v1": v1}
 
@@ -198,14 +211,15 @@ def test_reconcile_refuses_an_approved_name_pointing_at_other_files(
 
 
 def test_the_ledger_view_needs_a_person_s_approval(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    store = Store(tmp_path / "state" / "state.sqlite")
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
     ledger.append("c9", "deploy", "deployed", {"deployment": {
         "target": "vllm", "alias": "triage", "version_name": "triage@x", "adapter_sha256": "x"}})
-    approved_deploy(ledger, "c8", "triage@y", "y", approver="policy:auto")
-    assert ledger_versions(ledger, "triage") == ({}, None)
-    approved_deploy(ledger, "c7", "triage@z", "z")
+    approved_deploy(store, ledger, "c8", "triage@y", "y", approver="policy:auto")
+    assert ledger_versions(ledger, "triage", store) == ({}, None)
+    approved_deploy(store, ledger, "c7", "triage@z", "z")
     ledger.append("c7", "rollback", "rolled_back", {"restored": "triage@initial"})
-    assert ledger_versions(ledger, "triage") == ({"triage@z": "z"}, "triage@z")
+    assert ledger_versions(ledger, "triage", store) == ({"triage@z": "z"}, "triage@z")
 
 
 def test_reconcile_refuses_to_act_on_a_ledger_that_does_not_verify(
@@ -218,9 +232,11 @@ def test_reconcile_refuses_to_act_on_a_ledger_that_does_not_verify(
     from .test_cli_untrusted import hostile_replies
     from .test_cycle import make_runner
 
-    ledger = Ledger(workdir / "state" / "ledger.sqlite")
-    approved_deploy(ledger, "c1", "triage@v1", "0" * 64)
+    state = workdir / "state"
+    store, ledger = Store(state / "state.sqlite"), Ledger(state / "ledger.sqlite")
+    approved_deploy(store, ledger, "c1", "triage@v1", "0" * 64)
     ledger.close()
+    store.close()
     conn = sqlite3.connect(workdir / "state" / "ledger.sqlite", isolation_level=None)
     conn.execute("DROP TRIGGER ledger_no_update")
     conn.execute("UPDATE ledger SET payload = '{\"approver\":\"mallory\"}' WHERE cycle_id = 'c1'")

@@ -42,15 +42,28 @@ def test_parse_backend_reads_version_model_url_and_weight() -> None:
 
 
 def approved_versions(workdir: Path, *versions: str) -> None:
-    """Record `versions` of triage as deployed after an approval, as a cycle would."""
-    ledger = open_ledger(workdir / "state")
-    for i, version in enumerate(versions):
-        cycle = f"c-approved-{i}"
-        ledger.append(cycle, "approve", "approve", {"approver": "bob"})
-        ledger.append(cycle, "deploy", "deployed", {"deployment": {
-            "target": "vllm", "deployment_id": f"{cycle}-d", "alias": "triage",
-            "version_name": version, "adapter_sha256": "0" * 64, "previous": None}})
-    ledger.close()
+    """Record `versions` of triage as deployed after a signed approval, as a cycle would."""
+    from upgate.records import Artifact, Candidate, Deployment
+    from upgate.store import Store
+
+    from .signed import record_approval, record_deploy, signed_decision
+
+    ledger, store = open_ledger(workdir / "state"), Store(workdir / "state" / "state.sqlite")
+    try:
+        for i, version in enumerate(versions):
+            cycle = f"c-approved-{i}"
+            art = Artifact(name=version, kind="adapter", path=str(workdir / version),
+                           sha256=f"{i:064d}")
+            candidate = Candidate(proposal_id="p", kind="model", diff="", changed_paths=(),
+                                  artifacts=(art,))
+            record_approval(ledger, signed_decision(store, ledger, workdir / "keys", cycle,
+                                                    candidate.content_hash))
+            record_deploy(ledger, cycle, candidate, Deployment(
+                target="vllm", deployment_id=f"{cycle}-d", alias="triage",
+                version_name=version, adapter_sha256=art.sha256))
+    finally:
+        ledger.close()
+        store.close()
 
 
 def test_set_by_an_operator_changes_routes_and_is_recorded(workdir: Path) -> None:

@@ -46,7 +46,7 @@ def served(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Served:
 
     monkeypatch.setattr(cli, "_runner", runner)
     deps = runner(load_settings(workdir / "upgate.toml")).deps
-    deployer = LoraAliasDeployer(fake, deps.store, "triage")
+    deployer = LoraAliasDeployer(fake, deps.store, "triage", deps.ledger)
     folders = {v: make_adapter(workdir / "adapters" / v, v.encode()) for v in ("v1", "v2")}
     for cycle, v in (("c1", "v1"), ("c2", "v2")):
         deploy_model(deps.ledger, deployer, cycle, f"triage-{v}", folders[v])

@@ -32,6 +32,7 @@ from upgate.records import Artifact, Candidate, Deployment
 from upgate.store import Store
 
 from ..conftest import make_target_repo
+from .signed import ensure_people, record_approval, record_deploy, signed_decision
 from .test_git_landing import edit_candidate, git
 
 ALIAS = "triage"
@@ -51,10 +52,12 @@ def deploy_model(ledger: Ledger, deployer: LoraAliasDeployer, cycle: str, versio
     art = Artifact(name=version, kind="adapter", path=str(folder[0]), sha256=folder[1])
     candidate = Candidate(proposal_id="p", kind="model", diff="", changed_paths=(),
                           artifacts=(art,))
+    keys = Path(ledger.path).parent.parent / "keys"
+    ensure_people(deployer.store, ledger, keys)
+    record_approval(ledger, signed_decision(deployer.store, ledger, keys, cycle,
+                                            candidate.content_hash))
     deployment = deployer.deploy(candidate, f"{cycle}-d", cycle_id=cycle, message="m")
-    ledger.append(cycle, "approve", "approve", {"approver": "bob"})
-    ledger.append(cycle, "deploy", "deployed",
-                  {"deployment": deployment.model_dump(mode="json")})
+    record_deploy(ledger, cycle, candidate, deployment)
     return deployment
 
 
@@ -92,7 +95,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     fake = FakeVllmAdmin({"smollm2": "/base", ALIAS: str(initial[0])})
     adapters = {"triage-v1": make_adapter(tmp_path / "v1", b"one"),
                 "triage-v2": make_adapter(tmp_path / "v2", b"two")}
-    deployer = LoraAliasDeployer(fake, store, ALIAS)
+    deployer = LoraAliasDeployer(fake, store, ALIAS, ledger)
     for cycle, version in (("c1", "triage-v1"), ("c2", "triage-v2")):
         deploy_model(ledger, deployer, cycle, version, adapters[version])
     routes = RouteTable(state / "gateway.db")
@@ -125,7 +128,7 @@ def test_rollback_to_a_version_restores_adapter_store_and_routes_once(world: Wor
     assert p["verified"]["models_ok"] is True and p["verified"]["smoke_ok"] is True
     assert p["verified"]["detail"]["serves"] == v1
     assert ("rolled_back", p) in world.sent  # its notification commits with it
-    assert ledger_versions(world.ledger, ALIAS)[1] == "triage-v1"  # reconcile agrees
+    assert ledger_versions(world.ledger, ALIAS, world.store)[1] == "triage-v1"  # reconcile agrees
 
     entries, calls = len(world.ledger.entries()), len(world.fake.calls)
     again = rollback_alias(world.parts(), ALIAS, "triage-v1", by="alice", reason="again")
@@ -178,9 +181,9 @@ def test_cycles_never_deployed_or_unknown_are_refused_clearly(world: World) -> N
 
 
 def test_nothing_to_restore_is_said_and_never_recorded_as_rolled_back(tmp_path: Path) -> None:
-    store, ledger = Store(tmp_path / "s.sqlite"), Ledger(tmp_path / "l.sqlite")
+    store, ledger = Store(tmp_path / "st" / "s.sqlite"), Ledger(tmp_path / "st" / "l.sqlite")
     fake = FakeVllmAdmin({"smollm2": "/base"})  # the server started with no alias
-    deploy_model(ledger, LoraAliasDeployer(fake, store, ALIAS), "c1", "triage-v1",
+    deploy_model(ledger, LoraAliasDeployer(fake, store, ALIAS, ledger), "c1", "triage-v1",
                  make_adapter(tmp_path / "v1", b"one"))
     parts = RollbackParts(ledger=ledger, store=store, admin=fake, routes=None,
                           serving_url=VLLM, outbox=lambda e, d: [],

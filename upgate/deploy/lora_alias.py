@@ -15,8 +15,10 @@ from upgate.deploy.base import Deployer, Health, RollbackResult
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
 from upgate.hashing import sha256_tree
+from upgate.ledger import Ledger
 from upgate.records import Artifact, Candidate, Deployment
 from upgate.store import Store
+from upgate.verified import Verifier, approved_versions
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,13 @@ class LoraAliasDeployer(Deployer):
 
     target: Literal["git", "vllm"] = "vllm"
 
-    def __init__(self, admin: VllmAdmin | None, store: Store, alias: str | None) -> None:
+    def __init__(self, admin: VllmAdmin | None, store: Store, alias: str | None,
+                 ledger: Ledger | None = None) -> None:
         self.admin = admin
         self.store = store
         self.alias = alias
+        self.ledger = ledger
+        """Where approved versions are found; without it no stored row is trusted."""
 
     def _parts(self) -> tuple[VllmAdmin, str]:
         if self.admin is None:
@@ -47,13 +52,32 @@ class LoraAliasDeployer(Deployer):
         return self.admin, self.alias
 
     def _previous(self, deployment_id: str) -> dict[str, Any] | None:
-        """The version live before `deployment_id` (also when that one is active already)."""
+        """The version live before `deployment_id` (also when that one is active already).
+
+        The store's row is accepted only for a version the ledger shows deployed under a
+        verified approval (`upgate.verified`); a planted row is not: then the row of the
+        approved version on the folder the server serves now, else None (a first swap).
+        """
         assert self.alias
+        rows = [v for v in self.store.served_versions(self.alias)
+                if v["deployment_id"] != deployment_id]
         active = self.store.active_version(self.alias)
-        if active is not None and active["deployment_id"] == deployment_id:
-            # A run again after the swap: the version before is the newest other one.
-            active = next((v for v in self.store.served_versions(self.alias)
-                           if v["deployment_id"] != deployment_id), None)
+        rerun = active is not None and active["deployment_id"] == deployment_id
+        if rerun:
+            # A run again after the swap: the version before is the newest other one
+            # (the `@initial` one this deployment recorded, when it was a first swap).
+            active = rows[0] if rows else None
+        approved: dict[str, str] = {}
+        if self.ledger is not None:
+            approved, _ = approved_versions(Verifier(self.ledger, self.store), self.alias)
+        trusted = active is not None and (
+            approved.get(active["version_name"]) == active["sha256"]
+            or (rerun and active["version_name"] == f"{self.alias}@initial"))
+        if not trusted:
+            served = self.admin.models().get(self.alias) if self.admin else None
+            root = served.root if served is not None else None
+            active = next((v for v in rows if v["path"] == root
+                           and approved.get(v["version_name"]) == v["sha256"]), None)
         # "active" is the store's state now, not part of which version it was.
         return {k: v for k, v in active.items() if k != "active"} if active else None
 
@@ -78,13 +102,24 @@ class LoraAliasDeployer(Deployer):
         path = Path(adapter.path)
         admin.ensure_loaded(adapter.name, path, expected_sha256=adapter.sha256)
         if previous is None and served is not None and served.root:
-            # Keep what the alias served before upgate's first swap loadable for rollback,
-            # under the content hash it has now, which every later load re-checks.
-            initial = sha256_tree(Path(served.root))
-            self.store.record_served(alias, f"{alias}@initial", Path(served.root), initial,
-                                     "initial", "initial")
-            admin.ensure_loaded(f"{alias}@initial", Path(served.root), expected_sha256=initial)
-            previous = self._previous(deployment_id)
+            # Keep what the alias serves now (before upgate's first swap, or a version no
+            # approval backs) loadable for rollback, under the content hash it has now,
+            # which every later load re-checks. Hashed from what the server serves, never
+            # taken from a stored row (a planted `@initial` row changes nothing).
+            root = Path(served.root)
+            initial = sha256_tree(root)
+            row = self._initial()
+            same = row is None or (row["path"], row["sha256"]) == (str(root), initial)
+            previous = {"version_name": f"{alias}@initial", "path": str(root),
+                        "sha256": initial, "cycle_id": "initial",
+                        "deployment_id": "initial" if same else f"initial-{initial[:12]}"}
+            self.store.record_served(alias, f"{alias}@initial", root, initial,
+                                     previous["deployment_id"], "initial")
+            stored = next(v for v in self.store.served_versions(alias)
+                          if v["deployment_id"] == previous["deployment_id"])
+            if (stored["path"], stored["sha256"]) == (str(root), initial):
+                previous = {k: v for k, v in stored.items() if k != "active"}
+            admin.ensure_loaded(f"{alias}@initial", root, expected_sha256=initial)
         return Deployment(target="vllm", deployment_id=deployment_id, alias=alias,
                           version_name=adapter.name, adapter_sha256=adapter.sha256,
                           previous=previous)
@@ -99,6 +134,13 @@ class LoraAliasDeployer(Deployer):
         self.store.record_served(alias, adapter.name, path, adapter.sha256, deployment_id,
                                  cycle_id)
         log.info("%s: %s now serves %s", deployment_id, alias, adapter.name)
+
+    def _initial(self) -> dict[str, Any] | None:
+        """The `@initial` row, recorded once, on upgate's first swap of the alias."""
+        assert self.alias
+        row = next((v for v in self.store.served_versions(self.alias)
+                    if v["deployment_id"] == "initial"), None)
+        return {k: v for k, v in row.items() if k != "active"} if row else None
 
     def _path_of(self, deployment_id: str) -> str | None:
         assert self.alias

@@ -14,6 +14,7 @@ from upgate.deploy.git import GitDeployer
 from upgate.deploy.lora_alias import LoraAliasDeployer
 from upgate.deploy.vllm import VllmAdmin
 from upgate.errors import DeployError
+from upgate.ledger import Ledger
 from upgate.policy import ChangeKind, LandingMode
 from upgate.records import Candidate
 from upgate.store import Store
@@ -35,12 +36,14 @@ class DeployParts:
     """How a git change lands on `base_branch` (the policy's `[landing] mode`)."""
     baseline_of: Callable[[str], str | None] | None = None
     """The commit a cycle's candidate was judged on, by cycle id (from the ledger)."""
+    ledger: Ledger | None = None
+    """Where the LoRA deployer finds approved versions (see `upgate.verified`)."""
 
 
 DEPLOYERS: dict[str, Callable[[DeployParts], Deployer]] = {
     "git": lambda p: GitDeployer(p.repo, base=p.base_branch, landing=p.landing,
                                  baseline_of=p.baseline_of),
-    "vllm": lambda p: LoraAliasDeployer(p.admin, p.store, p.alias),
+    "vllm": lambda p: LoraAliasDeployer(p.admin, p.store, p.alias, p.ledger),
     "bluegreen": lambda p: BlueGreenDeployer(p.bluegreen, p.alias),
 }
 """Deployer factories by target tag."""

@@ -2,11 +2,12 @@
 with together, check what is served afterwards, and record it.
 
 Two ways in. `rollback_alias` restores a named version of a served alias: only a version
-the ledger shows approved and deployed for that alias (or the version such a deployment
-replaced), whose adapter folder still has the content hash the ledger holds; anything else
-is refused before anything changes. `rollback_cycle` takes back one cycle's deployment: a
-served model goes back to the version that deployment replaced; a landed code, prompt or
-config change is reverted on the deploy branch (a branch deployment loses its branch).
+the ledger shows deployed for that alias under verified signed approvals (or its
+`@initial` version; `upgate.verified`), whose adapter folder still has the content
+hash the ledger holds; anything else is refused before anything changes.
+`rollback_cycle` takes back one cycle's deployment: a served model goes back to the
+version that deployment replaced; a landed code, prompt or config change is reverted on
+the deploy branch (a branch deployment loses its branch).
 
 For an alias, restoring means: the adapter loaded under its version name and the vLLM
 alias pointed at it (in place), the store's active version, and the gateway's routes for
@@ -114,7 +115,7 @@ class _Target:
 def approved_target(parts: RollbackParts, alias: str, version: str) -> _Target:
     """The version to restore, or DeployError (nothing changed) when the ledger shows no
     approved deployment of it for `alias` or its folder is not what was approved."""
-    approved, _ = ledger_versions(parts.ledger, alias)
+    approved, _ = ledger_versions(parts.ledger, alias, parts.store)
     digest = approved.get(version)
     if digest is None:
         known = ", ".join(sorted(approved)) or "none yet"
