@@ -366,6 +366,14 @@ def test_the_cycles_deploy_node_switches_only_behind_an_approval_of_this_candida
         approved = {"action": "approve", "approver": "bob",
                     "candidate_hash": candidate.content_hash}
         out = nodes.deploy({**state, "approval": approved}, runtime)  # type: ignore[arg-type]
+        assert out["outcome"] == "failed", "a checkpoint's word is not an approval"
+        assert rig.weights() == {"triage@blue": 100}
+        from .signed import record_approval, signed_decision
+
+        deps = runner.deps
+        record_approval(deps.ledger, signed_decision(deps.store, deps.ledger, workdir / "keys",
+                                                     CYCLE, candidate.content_hash))
+        out = nodes.deploy({**state, "approval": approved}, runtime)  # type: ignore[arg-type]
         assert out["outcome"] == "deployed", out
         assert out["deployment"]["target"] == "bluegreen"
         assert rig.weights() == {"triage-green": 100, "triage@blue": 0}
