@@ -131,6 +131,14 @@ class RouteTable:
         if not backends or not any(b.weight for b in backends):
             raise RouteError(f"{alias}: no backend carries weight; give at least one a "
                              "weight above 0 (use remove_alias to stop routing it)")
+        return self._replace(alias, backends, reason)
+
+    def remove_alias(self, alias: str, *, reason: str) -> int:
+        """Stop routing `alias`; return the new generation."""
+        return self._replace(alias, (), reason)
+
+    def _replace(self, alias: str, backends: Sequence[Backend], reason: str) -> int:
+        """Replace `alias`'s rows and record the change, in one transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -138,21 +146,6 @@ class RouteTable:
                 self._db.executemany(
                     "INSERT INTO routes VALUES (?, ?, ?, ?, ?)",
                     [(alias, b.version, b.base_url, b.model, b.weight) for b in backends])
-                cur = self._db.execute(
-                    "INSERT INTO route_changes (alias, at, reason) VALUES (?, ?, ?)",
-                    (alias, time.time(), reason))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return int(cur.lastrowid or 0)
-
-    def remove_alias(self, alias: str, *, reason: str) -> int:
-        """Stop routing `alias`; return the new generation."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM routes WHERE alias = ?", (alias,))
                 cur = self._db.execute(
                     "INSERT INTO route_changes (alias, at, reason) VALUES (?, ?, ?)",
                     (alias, time.time(), reason))
