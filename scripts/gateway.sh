@@ -25,24 +25,13 @@ WAIT_S="${UPGATE_GATEWAY_WAIT_S:-60}"
 log() { printf '[gateway] %s\n' "$*"; }
 die() { printf '[gateway] ERROR: %s\n' "$*" >&2; exit 1; }
 
-healthy() {
-    python3 - "$URL/health" <<'PY' >/dev/null 2>&1
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
-    sys.exit(0 if r.status == 200 else 1)
-PY
-}
+# shellcheck source=scripts/service_lib.sh
+source "$ROOT/scripts/service_lib.sh"
 
-# The pid of the gateway this script started, if it still runs; empty otherwise.
-gateway_pid() {
-    [[ -f "$PID_FILE" ]] || return 0
-    local pid
-    pid="$(cat "$PID_FILE")"
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'gateway serve'; then
-        echo "$pid"
-    fi
-}
+healthy() { http_ok "$URL/health"; }
+
+# The pid of the process this script started, if it still runs; empty otherwise.
+gateway_pid() { running_pid "$PID_FILE" 'gateway serve'; }
 
 cmd_start() {
     if healthy; then

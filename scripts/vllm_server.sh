@@ -30,25 +30,13 @@ WAIT_S="${UPGATE_VLLM_WAIT_S:-180}"
 log() { printf '[vllm_server] %s\n' "$*"; }
 die() { printf '[vllm_server] ERROR: %s\n' "$*" >&2; exit 1; }
 
-healthy() {
-    # python3 rather than curl: curl is not on every fresh machine, python3 is.
-    python3 - "$URL/health" <<'PY' >/dev/null 2>&1
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
-    sys.exit(0 if r.status == 200 else 1)
-PY
-}
+# shellcheck source=scripts/service_lib.sh
+source "$ROOT/scripts/service_lib.sh"
 
-# The pid of the server this script started, if it still runs; empty otherwise.
-server_pid() {
-    [[ -f "$PID_FILE" ]] || return 0
-    local pid
-    pid="$(cat "$PID_FILE")"
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'vllm.entrypoints.openai.api_server'; then
-        echo "$pid"
-    fi
-}
+healthy() { http_ok "$URL/health"; }
+
+# The pid of the process this script started, if it still runs; empty otherwise.
+server_pid() { running_pid "$PID_FILE" 'vllm.entrypoints.openai.api_server'; }
 
 cmd_prepare() {
     [[ -x "$PY" ]] || die "no vLLM venv at $VENV; run scripts/setup_vllm.sh (or 'make vllm') first."
