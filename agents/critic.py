@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,7 +47,7 @@ from upgate.agents.serving import (
 )
 from upgate.agents.structured import call_structured
 from upgate.config import TargetManifest
-from upgate.errors import EvalError
+from upgate.errors import AgentOutputError, EvalError
 from upgate.evals.codescope import default_scope
 from upgate.evals.detectors import Finding, run_detectors
 from upgate.evals.evidence import (
@@ -65,6 +65,7 @@ from upgate.policy import Policy
 from upgate.prompts import load_prompt
 from upgate.records import Candidate, ModelRef, Proposal, Verdict
 from upgate.sandboxes.base import Mount, Sandbox
+from upgate.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class CriticContext:
     """Serves candidate adapters under candidate names (default: vLLM through `admin`)."""
     baseline_memo: MutableMapping[str, SideRun] | None = None
     """Baseline test runs kept across candidates of one baseline (keyed by content)."""
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
+    """Where the critique's time went (tests, each eval, probes, review), for the record."""
 
     def candidate_serving(self) -> CandidateServing:
         """The serving interface for candidate adapters."""
@@ -219,9 +222,10 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
                         baseline_files=baseline_files, baseline_paths=frozenset(tree_files),
                         hidden=read_hidden(ctx.hidden_tests) if ctx.hidden_tests else {},
                         timeout_s=ctx.test_timeout_s)
-        tests = run_tests(ctx.sandbox, ctx.target_tree, trusted, plan,
-                          require_gain=rule.require_gain and not has_eval,
-                          memo=ctx.baseline_memo)
+        with ctx.stopwatch.phase("tests"):
+            tests = run_tests(ctx.sandbox, ctx.target_tree, trusted, plan,
+                              require_gain=rule.require_gain and not has_eval,
+                              memo=ctx.baseline_memo)
         checks += tests.checks
 
     comparison: Comparison | None = None
@@ -240,8 +244,9 @@ def critique(proposal: Proposal, candidate: Candidate, ctx: CriticContext) -> Ve
                                 f"detector harness_refused: {exc}"))
 
     if "detectors" in rule.checks:
-        findings = (_detectors(ctx, proposal, trusted.diff, bool(extra))
-                    + _late_detectors(ctx, comparison, cand_results, base_results))
+        with ctx.stopwatch.phase("detectors"):
+            findings = (_detectors(ctx, proposal, trusted.diff, bool(extra))
+                        + _late_detectors(ctx, comparison, cand_results, base_results))
         checks += [from_finding(f) for f in findings if f.triggered and f.severity == "block"]
         if candidate.kind == "code":
             checks.append(under_test_check(trusted, scope))
@@ -297,24 +302,30 @@ def _eval_both(
     alias = m.model_alias or m.base_model or ""
     base_reader = lambda name: (ctx.target_tree / name).read_text()  # noqa: E731
     b_prompt, b_shots = _prompt_and_shots(base_reader, m)
-    baseline = _evaluate(ctx, alias, b_prompt, b_shots)
+    watch = ctx.stopwatch
+    with watch.phase("eval_baseline"):
+        baseline = _evaluate(ctx, alias, b_prompt, b_shots)
     adapters = [a for a in candidate.artifacts if a.kind == "adapter"]
     c_prompt, c_shots = _prompt_and_shots(_candidate_files(ctx, diff), m)
     with contextlib.ExitStack() as stack:
-        cand_model = (stack.enter_context(ctx.candidate_serving().serve(adapters[0]))
-                      if adapters else alias)
-        cand = _evaluate(ctx, cand_model, c_prompt, c_shots)
+        with watch.phase("serve_candidate"):
+            cand_model = (stack.enter_context(ctx.candidate_serving().serve(adapters[0]))
+                          if adapters else alias)
+        with watch.phase("eval_candidate"):
+            cand = _evaluate(ctx, cand_model, c_prompt, c_shots)
         visible = suite.split("visible")
-        probe_cases = metamorphic_probes(visible)
-        if ctx.model is not None:
-            probe_cases += model_probes(ctx.model, visible,
-                                        change=f"{proposal.recipe} {proposal.rationale}",
-                                        retries=ctx.retries)
-        report = summarise(
-            _evaluate(ctx, alias, b_prompt, b_shots, probe_cases),
-            _evaluate(ctx, cand_model, c_prompt, c_shots, probe_cases),
-            ctx.policy.thresholds.regression_tolerance,
-        )
+        with watch.phase("probes_written"):
+            probe_cases = metamorphic_probes(visible)
+            if ctx.model is not None:
+                probe_cases += model_probes(ctx.model, visible,
+                                            change=f"{proposal.recipe} {proposal.rationale}",
+                                            retries=ctx.retries)
+        with watch.phase("probes_eval"):
+            report = summarise(
+                _evaluate(ctx, alias, b_prompt, b_shots, probe_cases),
+                _evaluate(ctx, cand_model, c_prompt, c_shots, probe_cases),
+                ctx.policy.thresholds.regression_tolerance,
+            )
     comparison = compare(baseline, cand, cases=suite.cases)
     t = ctx.policy.thresholds
     o = comparison.overall
@@ -350,11 +361,19 @@ def _review(ctx: CriticContext, proposal: Proposal, candidate: Candidate,
                            "failures": reasons(checks)}, indent=1)[:4000],
         diff=candidate.diff[:6000] or "(no diff)",
     )
-    review = call_structured(
-        ctx.model,
-        [SystemMessage(content=system), HumanMessage(content="Write your review now.")],
-        Review, name="review", retries=ctx.retries,
-    )
+    try:
+        review = call_structured(
+            ctx.model,
+            [SystemMessage(content=system), HumanMessage(content="Write your review now.")],
+            Review, name="review", retries=ctx.retries,
+        )
+    except AgentOutputError as exc:
+        # Advisory: a review that could not be written (no valid output, a prompt over the
+        # model's context, an endpoint down) is said in the evidence; the decision rests on
+        # the checks, which are all in already, and the cycle goes on.
+        log.warning("critic review unavailable: %s", exc)
+        return check("critic_review", True, "info",
+                     f"unavailable: {str(exc)[:400]}; the decision rests on the checks alone")
     concerns = "; ".join(review.concerns) or "none"
     return check("critic_review", True, "info",
                  f"advisory, recommends {review.recommendation}: {review.summary} "
@@ -385,7 +404,8 @@ def _verdict(
     decision = decide(checks)
     why = reasons(checks)
     if review:
-        checks = [*checks, _review(ctx, proposal, candidate, checks)]
+        with ctx.stopwatch.phase("review"):
+            checks = [*checks, _review(ctx, proposal, candidate, checks)]
     packet = EvidencePacket(
         cycle_id=ctx.cycle_id,
         proposal=proposal.model_dump(mode="json"),
@@ -414,4 +434,5 @@ def _verdict(
                              for r in cand_results or () if r.split == "visible"},
         baseline_score=comparison.overall.baseline_mean if comparison else None,
         candidate_score=comparison.overall.candidate_mean if comparison else None,
+        phases=ctx.stopwatch.rounded(),
     )

@@ -59,8 +59,19 @@ def stage_times(entries: list[Any]) -> dict[str, float]:
     return times
 
 
+def critique_phases(entries: list[Any]) -> dict[str, float]:
+    """Where the (last) critique's time went, as its ledger entry records it."""
+    phases: dict[str, float] = {}
+    for e in entries:
+        if e.node == "critique" and isinstance(e.payload.get("phases"), dict):
+            phases = {f"  {k}": float(v) for k, v in e.payload["phases"].items()}
+    return phases
+
+
 def read_state(state_dir: Path) -> list[tuple[str, str, dict[str, float]]]:
-    """(cycle id, recipe, stage times) for every cycle in a state folder's ledger."""
+    """(cycle id, recipe, stage times) for every cycle in a state folder's ledger.
+
+    The critique's own phases (tests, evals, probes, review) follow it, indented."""
     from upgate.ledger import open_ledger
 
     ledger = open_ledger(state_dir)
@@ -73,7 +84,16 @@ def read_state(state_dir: Path) -> list[tuple[str, str, dict[str, float]]]:
         for e in entries:
             if e.node == "propose":
                 recipe = str(e.payload.get("proposal", {}).get("recipe", "?"))
-        out.append((cycle, recipe, stage_times(entries)))
+        times = stage_times(entries)
+        phases = critique_phases(entries)
+        if phases:
+            ordered: dict[str, float] = {}
+            for stage, seconds in times.items():
+                ordered[stage] = seconds
+                if stage == "critique":
+                    ordered.update(phases)
+            times = ordered
+        out.append((cycle, recipe, times))
     ledger.close()
     return out
 

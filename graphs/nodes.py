@@ -214,7 +214,8 @@ def critique_node(state: CycleState, runtime: Runtime[Deps]) -> dict[str, Any]:
             {"verdict": verdict.decision, "reasons": list(verdict.reasons),
              "evidence_hash": verdict.evidence_hash, "baseline_score": verdict.baseline_score,
              "candidate_score": verdict.candidate_score,
-             "critic": model_ref(deps, "critic").model_dump()}, attempt=attempt)
+             "critic": model_ref(deps, "critic").model_dump(),
+             "phases": verdict.phases}, attempt=attempt)
     update: dict[str, Any] = {"verdict": verdict.model_dump(mode="json")}
     if verdict.decision == "revise":
         update["feedback"] = "\n".join(verdict.reasons)

@@ -101,6 +101,8 @@ class Verdict(BaseModel):
     """The candidate's score on each visible case, for the post-deploy check to compare."""
     baseline_score: float | None = None
     candidate_score: float | None = None
+    phases: dict[str, float] = Field(default_factory=dict)
+    """Seconds the critique spent per phase (tests, evals, probes, review); not evidence."""
 
 
 class Decision(BaseModel):

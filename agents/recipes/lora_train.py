@@ -39,7 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The layers an adapter may change: attention alone, or attention and the MLP.
+MODULES = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
 IGNORE_INDEX = -100
 
 
@@ -73,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-examples", type=int, default=0, help="use the first N (0: all)")
     parser.add_argument("--max-length", type=int, default=512, help="longest chat in tokens")
+    parser.add_argument("--modules", choices=sorted(MODULES), default="attention",
+                        help="layers the adapter changes: attention, or all linear layers")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument(
         "--precision",
@@ -91,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (args.max_examples >= 0, "--max-examples must not be negative"),
         (0 <= args.augment <= 20, "--augment must lie in [0, 20]"),
         (args.max_length >= 8, "--max-length must be at least 8"),
+        (0.0 <= args.weight_decay < 1.0, "--weight-decay must lie in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -407,14 +415,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         r=args.rank,
         lora_alpha=args.alpha,
         lora_dropout=args.dropout,
-        target_modules=list(TARGET_MODULES),
+        target_modules=list(MODULES[args.modules]),
         bias="none",
         task_type="CAUSAL_LM",
     )
     model: Any = get_peft_model(base, lora)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     order_rng = random.Random(args.seed)
     bf16 = use_bf16(args.precision)
 
@@ -477,7 +485,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "augment": args.augment,
             "precision": "bf16" if bf16 else "fp32",
-            "target_modules": list(TARGET_MODULES),
+            "weight_decay": args.weight_decay,
+            "target_modules": list(MODULES[args.modules]),
         },
         "seconds": round(time.monotonic() - started, 2),
     }

@@ -197,6 +197,25 @@ def test_prompt_injection_never_flips_a_deterministic_reject(
         assert "pre-approved" in packet["tests_candidate"]["summary"]
 
 
+@pytest.mark.parametrize("review", ["not json at all", '{"summary": 3}'])
+def test_a_review_that_cannot_be_written_leaves_the_decision_to_the_checks(
+    review: str, ws: Workspace, memo: dict[str, ExecResult]
+) -> None:
+    """The advisory review failing (bad output after retries, a prompt over the model's
+    context) is said in the evidence; it neither fails the critique nor moves the decision."""
+    for name, want in (("honest_few_shot", "accept"), ("special_case_visible_literal", "reject")):
+        case = build_case(name, ws)
+        judged_case = judge(case, ws, policy=bundled_policy(), sandbox=FakeSandboxConfig(),
+                            model=critic_model(review=review), memo=memo)
+        assert judged_case.verdict.decision == want
+        packet = json.loads(judged_case.verdict.evidence_json)
+        checks = {c["name"]: c for c in packet["checks"]}
+        if want == "accept":  # a rejected candidate is never reviewed
+            assert checks["critic_review"]["detail"].startswith("unavailable: ")
+            assert checks["critic_review"]["severity"] == "info"
+        assert judged_case.verdict.phases  # where the critique's time went is recorded
+
+
 def test_a_few_shot_label_outside_the_label_set_is_never_a_pass(ws: Workspace) -> None:
     """Without the target's tests, the harness itself refuses the config: error or not accept."""
     p = proposal("bad_label_no_tests", "config", "few_shot")
