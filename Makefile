@@ -145,6 +145,8 @@ bench: venv docker images vllm
 	@cd $(ROOT) && $(PY) benchmarks/bench_sandbox.py
 	$(call say,"benchmark: critic corpus")
 	@cd $(ROOT) && $(PY) benchmarks/bench_critic.py
+	$(call say,"benchmark: LoRA ops on the CPU (vLLM's against the cpu-lora plugin's)")
+	@cd $(ROOT) && $${UPGATE_VLLM_VENV:-$(ROOT)/.cache/vllm-venv}/bin/python benchmarks/bench_lora_ops.py
 	$(call say,"benchmark: a governed cycle's stage times")
 	@cd $(ROOT) && $(PY) benchmarks/bench_cycle.py
 	$(call say,"benchmark: what the gateway adds to a request")

@@ -65,7 +65,7 @@ from upgate.policy import Policy
 from upgate.prompts import load_prompt
 from upgate.records import Candidate, ModelRef, Proposal, Verdict
 from upgate.sandboxes.base import Mount, Sandbox
-from upgate.timing import Stopwatch
+from upgate.timing import Stopwatch, concurrently
 
 log = logging.getLogger(__name__)
 
@@ -303,29 +303,38 @@ def _eval_both(
     base_reader = lambda name: (ctx.target_tree / name).read_text()  # noqa: E731
     b_prompt, b_shots = _prompt_and_shots(base_reader, m)
     watch = ctx.stopwatch
-    with watch.phase("eval_baseline"):
-        baseline = _evaluate(ctx, alias, b_prompt, b_shots)
     adapters = [a for a in candidate.artifacts if a.kind == "adapter"]
     c_prompt, c_shots = _prompt_and_shots(_candidate_files(ctx, diff), m)
+    visible = suite.split("visible")
+
+    def written_probes() -> list[Case]:
+        probes = metamorphic_probes(visible)
+        if ctx.model is not None:
+            probes += model_probes(ctx.model, visible,
+                                   change=f"{proposal.recipe} {proposal.rationale}",
+                                   retries=ctx.retries)
+        return probes
+
     with contextlib.ExitStack() as stack:
         with watch.phase("serve_candidate"):
             cand_model = (stack.enter_context(ctx.candidate_serving().serve(adapters[0]))
                           if adapters else alias)
-        with watch.phase("eval_candidate"):
-            cand = _evaluate(ctx, cand_model, c_prompt, c_shots)
-        visible = suite.split("visible")
-        with watch.phase("probes_written"):
-            probe_cases = metamorphic_probes(visible)
-            if ctx.model is not None:
-                probe_cases += model_probes(ctx.model, visible,
-                                            change=f"{proposal.recipe} {proposal.rationale}",
-                                            retries=ctx.retries)
-        with watch.phase("probes_eval"):
-            report = summarise(
-                _evaluate(ctx, alias, b_prompt, b_shots, probe_cases),
-                _evaluate(ctx, cand_model, c_prompt, c_shots, probe_cases),
-                ctx.policy.thresholds.regression_tolerance,
+        # The runs do not depend on one another: sent at once, the server batches them
+        # (on a CPU server a bigger batch is most of the speed), and the critic model writes
+        # its probes meanwhile.
+        with watch.phase("evals"):
+            baseline, cand, probe_cases = concurrently(
+                lambda: _evaluate(ctx, alias, b_prompt, b_shots),
+                lambda: _evaluate(ctx, cand_model, c_prompt, c_shots),
+                written_probes,
             )
+        with watch.phase("probes_eval"):
+            base_probes, cand_probes = concurrently(
+                lambda: _evaluate(ctx, alias, b_prompt, b_shots, probe_cases),
+                lambda: _evaluate(ctx, cand_model, c_prompt, c_shots, probe_cases),
+            )
+            report = summarise(base_probes, cand_probes,
+                               ctx.policy.thresholds.regression_tolerance)
     comparison = compare(baseline, cand, cases=suite.cases)
     t = ctx.policy.thresholds
     o = comparison.overall

@@ -18,10 +18,12 @@ EXTRA_PKGS=(gguf==0.19.0 accelerate==1.15.0 peft==0.21.2)
 # PyPI builds of these crash beside the CPU torch ("operator torchvision::nms does not
 # exist"); text models do not need them.
 BROKEN_PKGS=(torchvision torchaudio torchcodec)
+# Our vLLM plugin (LoRA on the CPU computed per adapter; see its docstring).
+PLUGIN="$ROOT/vllm_plugins/cpu_lora"
 
 log() { printf '[setup_vllm] %s\n' "$*"; }
 
-want="$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)"
+want="$(cat "${BASH_SOURCE[0]}" "$PLUGIN/pyproject.toml" "$PLUGIN"/*.py | sha256sum | cut -d' ' -f1)"
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     log "vLLM venv is up to date: $VENV"
     exit 0
@@ -65,9 +67,11 @@ log "installing ${EXTRA_PKGS[*]}"
 pip_ install -q "${EXTRA_PKGS[@]}"
 # A later install could pull a broken package back in; check before stamping.
 pip_ uninstall -y -q "${BROKEN_PKGS[@]}"
+log "installing the cpu-lora plugin from $PLUGIN"
+pip_ install -q --no-deps --force-reinstall "$PLUGIN"
 
 log "checking the install"
-"$VENV/bin/python" -c 'import vllm, torch, gguf, accelerate, peft; print("vllm", vllm.__version__, "torch", torch.__version__)'
+"$VENV/bin/python" -c 'import vllm, torch, gguf, accelerate, peft, upgate_vllm_cpu_lora; print("vllm", vllm.__version__, "torch", torch.__version__)'
 
 printf '%s\n' "$want" >"$STAMP"
 log "done: $VENV"
