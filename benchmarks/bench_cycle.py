@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "benchmarks" / "baselines" / "cycle.json"
 # A cycle's machine time ends where a human is asked, or where it is recorded as rejected.
 END_NODES = ("gate", "record")
+# The critique's phases in the order they run (agents/critic.py).
+PHASES = ("tests", "serve_candidate", "evals", "probes_eval", "detectors", "review")
 
 
 def stage_times(entries: list[Any]) -> dict[str, float]:
@@ -64,7 +66,10 @@ def critique_phases(entries: list[Any]) -> dict[str, float]:
     phases: dict[str, float] = {}
     for e in entries:
         if e.node == "critique" and isinstance(e.payload.get("phases"), dict):
-            phases = {f"  {k}": float(v) for k, v in e.payload["phases"].items()}
+            recorded = e.payload["phases"]  # the ledger stores keys sorted: re-order
+            names = sorted(recorded, key=lambda k: (PHASES.index(k) if k in PHASES
+                                                    else len(PHASES), k))
+            phases = {f"  {k}": float(recorded[k]) for k in names}
     return phases
 
 
@@ -134,12 +139,12 @@ def run_cycle(root: Path, recipe: str, port: int) -> Path:
 def show(recipe: str, times: dict[str, float], baseline: dict[str, float] | None) -> None:
     """Print one cycle's stage times beside the baseline's."""
     print(f"\ncycle with recipe {recipe}  (seconds; baseline = first measurement)")
-    print(f"  {'stage':<14}{'now':>9}{'baseline':>10}{'ratio':>8}")
+    print(f"  {'stage':<18}{'now':>9}{'baseline':>10}{'ratio':>8}")
     for stage, seconds in times.items():
         base = (baseline or {}).get(stage)
         ratio = f"{seconds / base:.2f}" if base else "-"
         shown = f"{base:.1f}" if base is not None else "-"
-        print(f"  {stage:<14}{seconds:>9.1f}{shown:>10}{ratio:>8}")
+        print(f"  {stage:<18}{seconds:>9.1f}{shown:>10}{ratio:>8}")
 
 
 def main() -> int:

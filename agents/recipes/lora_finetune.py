@@ -46,12 +46,23 @@ class LoraArgs(RecipeArgs):
     Measured on the example (SmolLM2-135M, 2 busy cores, benchmarks/bench_lora.py; the
     hidden split scored by number only, never read), r16 at 1e-3, seed 0 (seed 1):
 
+        attention layers, all 30 decoder layers:
         visible split alone, 3 epochs          0.95 visible / 0.65 hidden
         3 rewrites of each case, 1 epoch       1.00 / 0.80
         6 rewrites of each case, 1 epoch       1.00 / 0.85   (0.99 / 0.675)
-        3 rewrites of each case, 2 epochs      1.00 / 0.85   (1.00 / 0.80)
+        3 rewrites of each case, 2 epochs      1.00 / 0.85   (1.00 / 0.80)   163-210 s
+        3 rewrites, 2 epochs, attention and MLP:
+        all 30 layers                          1.00 / 0.875  (1.00 / 0.85)   217-233 s
+        the last 10 layers only                1.00 / 0.85   (1.00 / 0.925)  96-106 s
+        attention only, the last 10 layers     1.00 / 0.80   (1.00 / 0.75)   82-85 s
+        the last 10, and a mixed ticket per    1.00 / 0.85   (1.00 / 0.925)  124-134 s
+        case (two same-label cases' sentences)
 
-    So only the last is offered; it is also the default.
+    "The last 10 layers only" over seeds 2, 3 and 4 gave 0.925, 0.875 and 0.775 hidden: not
+    reliable. With the mixed tickets, seeds 4 (the weak one above) and 5 (never used to
+    choose) gave 0.85 and 0.95: every seed measured reached 0.85. That is the training
+    script's default and the only setting offered: attention and MLP of the last 10 layers
+    (the backward pass stops there, so it trains faster than the old default, 163-210 s).
 
     The demo's adapter from the earlier choices (5e-4 among them) reached 0.60 hidden.
     The learning rate is a string in the draft (a small model copies an enum of strings
@@ -122,6 +133,7 @@ def _lora_finetune(box: Sandbox, ctx: CoderContext, p: Proposal, out: list[str])
                 "--rank", str(rank), "--alpha", str(2 * rank),
                 "--epochs", str(epochs), "--augment", str(AUGMENT.get(epochs, 3)),
                 "--lr", str(p.args.get("learning_rate", 1e-3)), "--seed", "0", "--out", "out",
+                "--modules", "all", "--top-layers", "10",
             ],
             timeout_s=TRAIN_TIMEOUT_S,
             on_output=reporter().lines(),  # epochs and steps, live, as the script prints them

@@ -77,9 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-examples", type=int, default=0, help="use the first N (0: all)")
     parser.add_argument("--max-length", type=int, default=512, help="longest chat in tokens")
-    parser.add_argument("--modules", choices=sorted(MODULES), default="attention",
+    parser.add_argument("--modules", choices=sorted(MODULES), default="all",
                         help="layers the adapter changes: attention, or all linear layers")
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--mix", type=int, default=1,
+                        help="tickets per case joined from two cases of the same label")
+    parser.add_argument("--top-layers", type=int, default=10,
+                        help="adapt only the last N decoder layers (0: all); the backward "
+                             "pass then stops at the first adapted layer")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument(
         "--precision",
@@ -99,6 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 <= args.augment <= 20, "--augment must lie in [0, 20]"),
         (args.max_length >= 8, "--max-length must be at least 8"),
         (0.0 <= args.weight_decay < 1.0, "--weight-decay must lie in [0, 1)"),
+        (args.top_layers >= 0, "--top-layers must not be negative"),
+        (0 <= args.mix <= 20, "--mix must lie in [0, 20]"),
     ]
     for ok, message in checks:
         if not ok:
@@ -223,6 +230,32 @@ def _one_sentence(text: str, rng: random.Random) -> str:
 
 # In the order they apply: cut first, decorate last.
 REWRITES = (_one_sentence, _synonyms, _numbers_and_names, _typo, _casual, _greet, _sign_off)
+
+
+def _sentences(text: str) -> list[str]:
+    return [p.strip() for p in text.replace("? ", "?|").replace(". ", ".|")
+            .replace("! ", "!|").split("|") if p.strip()]
+
+
+def mix(cases: list[tuple[str, str]], per_case: int, seed: int) -> list[tuple[str, str]]:
+    """`per_case` new tickets per case: a sentence of it beside a sentence of another case
+    with the same label, in either order (a ticket about one thing, worded two ways)."""
+    rng = random.Random(seed + 1)
+    by_label: dict[str, list[str]] = {}
+    for text, label in cases:
+        by_label.setdefault(label, []).append(text)
+    out: list[tuple[str, str]] = []
+    seen = {text for text, _ in cases}
+    for text, label in cases:
+        others = [t for t in by_label[label] if t != text]
+        for _ in range(per_case if others else 0):
+            parts = [rng.choice(_sentences(text)), rng.choice(_sentences(rng.choice(others)))]
+            rng.shuffle(parts)
+            new = " ".join(parts)
+            if new not in seen:
+                seen.add(new)
+                out.append((new, label))
+    return out
 
 
 def augment(cases: list[tuple[str, str]], per_case: int, seed: int) -> list[tuple[str, str]]:
@@ -389,7 +422,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     prompt = read_prompt(args.prompt)
     cases = read_cases(args.train, labels, args.max_examples)
     given = len(cases)
-    cases = augment(cases, args.augment, args.seed)
+    cases = augment(cases, args.augment, args.seed) + mix(cases, args.mix, args.seed)
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -411,7 +444,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         pad_id = end_of_turn_id(tokenizer)
 
     base: Any = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32)
+    layers = int(base.config.num_hidden_layers)
+    if args.top_layers > layers:
+        raise InputError(f"--top-layers {args.top_layers}: the model has {layers} layers")
+    adapted = list(range(layers - args.top_layers, layers)) if args.top_layers else None
     lora = LoraConfig(
+        layers_to_transform=adapted,
         r=args.rank,
         lora_alpha=args.alpha,
         lora_dropout=args.dropout,
@@ -486,6 +524,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "augment": args.augment,
             "precision": "bf16" if bf16 else "fp32",
             "weight_decay": args.weight_decay,
+            "top_layers": args.top_layers,
+            "mix": args.mix,
             "target_modules": list(MODULES[args.modules]),
         },
         "seconds": round(time.monotonic() - started, 2),

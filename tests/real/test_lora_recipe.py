@@ -99,7 +99,7 @@ def test_a_tiny_training_run_saves_a_trained_adapter(
     out = tmp_path / "adapter"
     result = run_training(
         train_python, model_dir, out,
-        "--max-examples", "8", "--augment", "1", "--epochs", "1", "--batch-size", "4",
+        "--max-examples", "8", "--augment", "1", "--mix", "0", "--epochs", "1", "--batch-size", "4",
         "--rank", "4", "--alpha", "8",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,12 +123,18 @@ def test_a_tiny_training_run_saves_a_trained_adapter(
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
     assert config["r"] == 4
-    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    # The defaults: attention and MLP projections of the last 10 of the model's 30 layers.
+    assert sorted(config["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert config["layers_to_transform"] == list(range(20, 30))
 
     tensors = read_safetensors(out / "adapter_model.safetensors")
     b_weights = {n: t for n, t in tensors.items() if "lora_B" in n}
-    for module in ("q_proj", "k_proj", "v_proj", "o_proj"):
+    for module in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert any(module in n for n in b_weights), module
+    # Only the adapted layers carry weights.
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in b_weights}
+    assert layers == set(range(20, 30)), sorted(layers)
     # B starts at zero; a training step must have moved it, and to finite values only
     assert any(any(v != 0.0 for v in t) for t in b_weights.values())
     assert all(math.isfinite(v) for t in tensors.values() for v in t)

@@ -56,3 +56,21 @@ def test_each_rewrite_changes_text_yet_keeps_its_content_words(rewrite: object) 
         assert any(w in out.lower() for w in ("charged", "billed", "debited", "refund",
                                               "reimbursement", "money back", "chagred",
                                               "invoice", "receipt", "bill", "payment"))
+
+
+def test_mixed_tickets_join_sentences_of_two_cases_with_the_same_label() -> None:
+    cases = visible()
+    label_of = {text: label for text, label in cases}
+    sentences = {s: label_of[text] for text in label_of for s in lora_train._sentences(text)}
+    out = lora_train.mix(cases, 2, seed=0)
+    assert len(out) >= 1.8 * len(cases)  # a few repeats are dropped, not replaced
+    assert not {text for text, _ in out} & set(label_of)  # nothing repeats a case
+    for text, label in out:
+        parts = [s for s in sentences if s in text]
+        # Both halves are sentences of cases with this very label: the label stays true.
+        assert parts and all(sentences[s] == label for s in parts), text
+    assert lora_train.mix(cases, 2, seed=0) == out
+    assert lora_train.mix(cases, 0, seed=0) == []
+    # A label with one case has no partner: that case makes no mixed ticket.
+    assert lora_train.mix([("The app crashes on start.", "bug"),
+                           ("I was charged twice.", "billing")], 3, seed=0) == []
