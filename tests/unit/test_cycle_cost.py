@@ -68,7 +68,10 @@ def test_the_page_gets_the_cost_of_a_batch_cycle(workdir: Path) -> None:
     assert cost["sandbox_cpu_s"] == report.curve[0]["sandbox_cpu_s"] > 0
     assert cost["sandbox_s"] == report.curve[0]["sandbox_s"] > 0
     assert list(cost["per_node_s"])[:3] == ["observe", "propose", "policy_check"]
-    assert sum(cost["per_node_s"].values()) <= cost["wall_s"] + 0.001
+    # Each figure is rounded to the millisecond: the parts may exceed the whole by half a
+    # millisecond each, and the whole by half of one more.
+    slack = 0.0005 * (len(cost["per_node_s"]) + 1)
+    assert sum(cost["per_node_s"].values()) <= cost["wall_s"] + slack + 1e-9
 
 
 def test_the_api_serves_the_cost_of_a_waiting_cycle(waiting: Any) -> None:  # noqa: F811
