@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from upgate.errors import ConfigError, LedgerError
 from upgate.hashing import canonical_json, sha256_text
+from upgate.sqlite_db import open_db
 from upgate.witness import (
     FileWitnessConfig,
     GitWitnessConfig,
@@ -121,9 +122,7 @@ class Ledger:
         # reach the witness in the order they were committed.
         self._flock = os.open(path.with_suffix(path.suffix + ".lock"),
                               os.O_RDWR | os.O_CREAT, 0o600)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA)
 
     def close(self) -> None:
         """Close the database connection."""

@@ -9,11 +9,12 @@ only keeps their current public key and login-token hash at hand.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from upgate.sqlite_db import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
@@ -57,11 +58,8 @@ class Store:
     """Small SQLite store for mutable state."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(people)").fetchall()}
         if "public_key" not in columns:  # a state made before people had keys
             self._db.execute("ALTER TABLE people ADD COLUMN public_key TEXT NOT NULL DEFAULT ''")

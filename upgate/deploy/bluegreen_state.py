@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from upgate.sqlite_db import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS servers (
@@ -89,13 +90,9 @@ class ServerRegistry:
     """The `servers` table (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA, timeout=30)
 
     def close(self) -> None:
         """Close the database."""

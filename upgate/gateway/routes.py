@@ -11,7 +11,6 @@ routable by pin (header `X-Upgate-Version`) but sends it no unpinned traffic.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from upgate.errors import UpgateError
+from upgate.sqlite_db import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS routes (
@@ -104,14 +104,9 @@ class RouteTable:
     """The routes and samples of one gateway (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(path, _SCHEMA, timeout=30, synchronous="NORMAL")
 
     def close(self) -> None:
         """Close the database."""

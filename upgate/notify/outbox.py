@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from upgate.hashing import canonical_json, sha256_text
 from upgate.ledger import Entry, OutboxWrite
+from upgate.sqlite_db import open_db
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,8 @@ class Outbox:
     def __init__(self, ledger_path: Path, *, clock: Clock = time.time) -> None:
         self.path = ledger_path
         self.clock = clock
-        ledger_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(ledger_path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_db(ledger_path, timeout=30)
         self._db.execute(_TABLE)
         self._db.execute(_INDEX)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)").fetchall()}
